@@ -1,0 +1,167 @@
+"""Safe checkpoints: weights in ``safetensors``, configuration in JSON, atomic writes.
+
+A checkpoint directory holds ``model.safetensors`` (tensors only: loading it cannot execute
+code, unlike a pickle) and ``config.json`` (``{"model": {...}, ...}``; the trainer adds its own
+sections). The model configuration is also stored inside the safetensors header, so a weights
+file is self-describing and a weights/config mismatch is detected instead of silently loaded.
+
+Every file is written to a temporary name in the same directory and renamed over the old one:
+``os.replace`` is atomic, so a crash mid-save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from quillgpt.config import ModelConfig
+from quillgpt.errors import CheckpointError
+from quillgpt.model.decoder import DecoderLM
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+_CONFIG_METADATA_KEY = "quillgpt_model_config"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` and atomically rename the result to ``path``.
+
+    The temporary file lives in the destination directory (a rename is only atomic within one
+    file system). If ``write`` raises, the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_checkpoint(
+    model: DecoderLM,
+    path: str | Path,
+    tokenizer: Any = None,
+    *,
+    extra_config: dict[str, Any] | None = None,
+) -> Path:
+    """Save ``model`` into directory ``path`` (created if needed); return the directory.
+
+    Args:
+        model: the model to save (any device or dtype; weights are written as they are).
+        path: checkpoint directory.
+        tokenizer: optional ``tokenizers.Tokenizer`` (anything with ``.save(path)``) or the path of
+            a ``tokenizer.json`` to copy; stored as ``tokenizer.json``.
+        extra_config: extra top-level sections for ``config.json`` (e.g. ``{"train": {...}}``).
+
+    Raises:
+        CheckpointError: if the directory cannot be written (the previous files are kept).
+    """
+    path = Path(path)
+    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    if model.config.tie_weights:
+        state.pop("lm_head.weight", None)  # the same tensor as tok_emb.embed.weight
+    config_json = json.dumps(model.config.to_dict(), sort_keys=True)
+    metadata = {"format": "pt", _CONFIG_METADATA_KEY: config_json}
+    document = {"model": model.config.to_dict(), **(extra_config or {})}
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata))
+        atomic_write_text(path / CONFIG_FILE, json.dumps(document, indent=2) + "\n")
+        if tokenizer is not None:
+            if isinstance(tokenizer, (str, Path)):
+                source = Path(tokenizer)
+                atomic_write(path / TOKENIZER_FILE, lambda tmp: shutil.copyfile(source, tmp))
+            else:
+                atomic_write(path / TOKENIZER_FILE, lambda tmp: tokenizer.save(str(tmp)))
+    except OSError as exc:
+        raise CheckpointError(
+            f"could not write checkpoint to {path}: {exc.strerror or exc}; "
+            "free disk space or fix permissions (the previous checkpoint is unchanged)"
+        ) from exc
+    return path
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Return the parsed ``config.json`` of the checkpoint directory ``path``."""
+    config_path = Path(path) / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"no {CONFIG_FILE} in {path}: is this a quillgpt checkpoint?")
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path} is not valid JSON ({exc}); re-save it") from exc
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> DecoderLM:
+    """Rebuild the :class:`DecoderLM` saved in directory ``path``.
+
+    Only tensors and JSON are read; nothing is unpickled. The model is returned in eval mode.
+
+    Raises:
+        CheckpointError: if a file is missing, truncated or corrupt, or if the weights do not
+            match the configuration.
+    """
+    path = Path(path)
+    weights_path = path / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f"no {WEIGHTS_FILE} in {path}: is this a quillgpt checkpoint?")
+    document = read_config(path)
+    if "model" not in document:
+        raise CheckpointError(f"{path / CONFIG_FILE} has no 'model' section")
+    config = ModelConfig.from_dict(document["model"])
+    try:
+        with safe_open(str(weights_path), framework="pt", device=str(device)) as f:
+            stored_config = (f.metadata() or {}).get(_CONFIG_METADATA_KEY)
+            state = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{weights_path} is unreadable (truncated or corrupt: {exc}); "
+            "use another checkpoint (e.g. best/) or re-save it"
+        ) from exc
+    if stored_config is not None and json.loads(stored_config) != config.to_dict():
+        raise CheckpointError(
+            f"{path / CONFIG_FILE} does not describe the weights in {weights_path}; "
+            "the files come from different models"
+        )
+    model = DecoderLM(config)
+    expected = set(model.state_dict())
+    if config.tie_weights:
+        expected.discard("lm_head.weight")
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights_path} does not match its config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights_path} has tensors of the wrong shape: {exc}") from exc
+    model.to(device=device, dtype=dtype)
+    return model.eval()

@@ -1,0 +1,56 @@
+"""The ``quill`` command line: ``quill <verb> [options]``.
+
+The CLI is thin: it parses arguments and calls the library. Every verb lives in its own module
+under :mod:`quillgpt.commands`. A user error (:class:`~quillgpt.errors.QuillError`, ``ValueError``
+from config validation, a missing file) prints one line and exits with status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from quillgpt import __version__
+from quillgpt.errors import QuillError
+
+# verb -> module under quillgpt.commands
+VERBS: dict[str, str] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with one sub-parser per verb."""
+    parser = argparse.ArgumentParser(
+        prog="quill",
+        description="quillgpt: train, run and measure small decoder-only language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"quillgpt {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="<verb>")
+    for verb, module_name in VERBS.items():
+        module = importlib.import_module(f"quillgpt.commands.{module_name}")
+        p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``quill`` console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except (QuillError, ValueError, FileNotFoundError) as exc:
+        print(f"quill {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"quill {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Autoregressive decoding: greedy, temperature, top-k and top-p sampling, with a KV cache.
+
+The loop is the whole story of inference: encode the prompt once (the *prefill*), then repeatedly
+pick a token from the last position's distribution and feed only that token back (the *decode*
+steps), reusing the cached keys and values of everything before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from quillgpt.model.decoder import DecoderLM
+
+
+def filter_logits(
+    logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """Set to ``-inf`` the logits ``(B, V)`` of tokens outside the top-k / top-p (nucleus) set.
+
+    ``top_p`` keeps the smallest set of most likely tokens whose probabilities sum to at least
+    ``top_p``; the most likely token is always kept.
+    """
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative - F.softmax(sorted_logits, dim=-1) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def choose_next(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of ``logits`` ``(B, V)``; return ``(B,)`` int64.
+
+    ``temperature == 0`` means greedy (arg-max). Otherwise sample from
+    ``F.softmax(filter_logits(logits / temperature))``.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    probs = F.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def generate_stream(
+    model: DecoderLM,
+    idx: torch.Tensor,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_cache: bool = True,
+    seed: int | None = None,
+    stop_tokens: int | Sequence[int] | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield ``max_new_tokens`` (or fewer, on stop tokens) next tokens ``(B,)`` continuing ``idx``.
+
+    See :meth:`quillgpt.DecoderLM.generate` for the arguments. The model is put in eval mode for
+    the duration and restored afterwards.
+
+    With the cache, each step costs one token's worth of compute while the sequence fits the
+    window. Once it would overflow, absolute position embeddings of the kept tokens change, so
+    cached keys are stale: the cache is refilled from the last ``block_size`` tokens, which is
+    exactly what ``use_cache=False`` computes at every step.
+    """
+    if idx.dim() != 2:
+        raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+    if idx.shape[1] == 0:
+        raise ValueError("idx is empty: start from at least one token (e.g. end-of-text)")
+    block_size = model.config.block_size
+    stops = (
+        torch.tensor([], dtype=torch.long)
+        if stop_tokens is None
+        else torch.tensor([stop_tokens] if isinstance(stop_tokens, int) else list(stop_tokens))
+    ).to(idx.device)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=idx.device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            context = idx[:, -block_size:]
+            cache = model.new_kv_cache(idx.shape[0]) if use_cache else None
+            finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+            logits = model.next_token_logits(context, cache)
+            for _ in range(max_new_tokens):
+                token = choose_next(logits, temperature, top_k, top_p, generator)
+                if stops.numel():
+                    token = torch.where(finished, context[:, -1], token)
+                    finished |= torch.isin(token, stops)
+                yield token
+                if stops.numel() and bool(finished.all()):
+                    return
+                context = torch.cat([context, token[:, None]], dim=1)[:, -block_size:]
+                if cache is None:
+                    logits = model.next_token_logits(context)
+                elif cache.length < block_size:
+                    logits = model.next_token_logits(token[:, None], cache)
+                else:
+                    cache.reset()
+                    logits = model.next_token_logits(context, cache)
+    finally:
+        model.train(was_training)

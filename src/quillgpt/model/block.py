@@ -1,0 +1,43 @@
+"""One decoder block: pre-norm attention and feed-forward, each inside a residual connection."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from quillgpt.config import ModelConfig
+from quillgpt.model.attention import MultiHeadSelfAttention
+from quillgpt.model.feedforward import FeedForward
+from quillgpt.model.kv_cache import KVCache
+
+
+class DecoderBlock(nn.Module):
+    """``x + attn(ln1(x))``, then ``x + ffn(ln2(x))``.
+
+    Pre-norm (LayerNorm *before* each sub-layer, as in GPT-2) keeps an identity path from the
+    input to the output of the whole stack, so gradients reach early layers undistorted and deep
+    models train without learning-rate warm-up tricks that post-norm needs.
+
+    Shapes: ``(B, T, C) -> (B, T, C)``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.attn = MultiHeadSelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ffn = FeedForward(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """Apply the block to ``x`` ``(B, T, C)``; other arguments as in the attention layer."""
+        x = x + self.attn(
+            self.ln1(x), attn_mask=attn_mask, rotary=rotary, kv_cache=kv_cache, layer=layer
+        )
+        return x + self.ffn(self.ln2(x))

@@ -1,0 +1,31 @@
+"""Position-wise feed-forward network."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quillgpt.config import ModelConfig
+
+
+class FeedForward(nn.Module):
+    """Two linear layers with a GELU between them, applied to every position independently.
+
+    Attention moves information *between* positions; this is where each position computes on
+    what it gathered. The hidden layer is ``ffn_mult`` (default 4) times wider than ``C``.
+    GELU uses the tanh approximation, as GPT-2 does, so imported GPT-2 weights give the same
+    outputs.
+
+    Shapes: ``(B, T, C) -> (B, T, C)``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, config.ffn_hidden, bias=config.bias)
+        self.proj = nn.Linear(config.ffn_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``proj(gelu(fc(x)))`` with residual dropout, shape ``(B, T, C)``."""
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
