@@ -1,0 +1,1 @@
+"""Making models fast and small: devices, mixed precision, quantization, profiling."""
