@@ -16,7 +16,10 @@ from quillgpt import __version__
 from quillgpt.errors import QuillError
 
 # verb -> module under quillgpt.commands
-VERBS: dict[str, str] = {}
+VERBS: dict[str, str] = {
+    "prepare": "prepare",
+    "train": "train",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
