@@ -170,6 +170,15 @@ def test_feedforward_shape_and_width(tiny_config):
     assert ffn(torch.randn(2, 5, tiny_config.n_embd)).shape == (2, 5, tiny_config.n_embd)
 
 
+def test_exact_and_tanh_gelu_are_close_but_distinct(tiny_config):
+    exact = FeedForward(tiny_config)
+    tanh = FeedForward(ModelConfig(**{**tiny_config.to_dict(), "activation": "gelu_tanh"}))
+    tanh.load_state_dict(exact.state_dict())
+    x = torch.randn(2, 5, tiny_config.n_embd)
+    assert_close(exact(x), tanh(x), atol=1e-3, rtol=0)
+    assert not torch.equal(exact(x), tanh(x))
+
+
 def test_decoder_block_shape_and_layer_norms(tiny_config):
     block = DecoderBlock(tiny_config)
     assert isinstance(block.ln1, torch.nn.LayerNorm)

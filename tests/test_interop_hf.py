@@ -33,6 +33,7 @@ def random_gpt2(shape: dict) -> torch.nn.Module:
 def test_logits_match_transformers(shape):
     hf = random_gpt2(shape)
     ours = from_hf_gpt2(hf)
+    assert ours.config.activation == "gelu_tanh"
     idx = torch.randint(0, shape["vocab_size"], (2, 40))
     with torch.no_grad():
         assert_close(ours(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
@@ -54,6 +55,7 @@ def test_export_then_import_round_trip(tmp_path):
     ours = DecoderLM(cfg).eval()
     to_hf_gpt2(ours, tmp_path / "hf")
     hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+    assert hf.config.activation_function == "gelu"  # quillgpt's default: exact GELU
     idx = torch.randint(0, 120, (3, 20))
     with torch.no_grad():
         assert_close(hf(idx).logits, ours(idx)[0], atol=1e-4, rtol=0)

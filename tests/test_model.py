@@ -158,6 +158,7 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_config):
         ({"dropout": 1.0}, "dropout must be in"),
         ({"pos_encoding": "alibi"}, "pos_encoding must be one of"),
         ({"attention": "flash"}, "attention must be one of"),
+        ({"activation": "relu"}, "activation must be one of"),
         ({"n_layer": 2.5}, "n_layer must be a positive integer"),
         ({"ffn_mult": 0}, "ffn_mult must be positive"),
     ],

@@ -1,9 +1,9 @@
 """GPT-2 weights to and from Hugging Face ``transformers``.
 
 GPT-2 is a :class:`~quillgpt.DecoderLM` with learned positions, biases, tied weights, pre-norm
-blocks and tanh-GELU, so its weights map one to one. The only twist: ``transformers`` stores
-GPT-2's linear layers as ``Conv1D`` with weights of shape ``(in, out)``, the transpose of
-``nn.Linear``'s ``(out, in)``.
+blocks and tanh-GELU (``activation="gelu_tanh"``), so its weights map one to one. The only
+twist: ``transformers`` stores GPT-2's linear layers as ``Conv1D`` with weights of shape
+``(in, out)``, the transpose of ``nn.Linear``'s ``(out, in)``.
 
 ``transformers`` is an optional dependency (``pip install quillgpt[hf]``), imported only here.
 """
@@ -40,6 +40,10 @@ _TOP_MAP: dict[str, tuple[str, bool]] = {
     "ln_f.weight": ("transformer.ln_f.weight", False),
     "ln_f.bias": ("transformer.ln_f.bias", False),
 }
+
+
+_FROM_HF_ACTIVATION = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+_TO_HF_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
 
 
 def _name_map(n_layer: int) -> dict[str, tuple[str, bool]]:
@@ -79,9 +83,12 @@ def from_hf_gpt2(model_or_dir: Any) -> DecoderLM:
     else:
         hf = model_or_dir
     hc = hf.config
-    activation = getattr(hc, "activation_function", "gelu_new")
-    if activation not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise QuillError(f"GPT-2 with activation {activation!r} is not supported (tanh GELU only)")
+    activation = _FROM_HF_ACTIVATION.get(getattr(hc, "activation_function", "gelu_new"))
+    if activation is None:
+        raise QuillError(
+            f"GPT-2 with activation {hc.activation_function!r} is not supported; "
+            f"supported: {sorted(_FROM_HF_ACTIVATION)}"
+        )
     config = ModelConfig(
         vocab_size=hc.vocab_size,
         block_size=hc.n_positions,
@@ -89,6 +96,7 @@ def from_hf_gpt2(model_or_dir: Any) -> DecoderLM:
         n_head=hc.n_head,
         n_embd=hc.n_embd,
         ffn_mult=(hc.n_inner or 4 * hc.n_embd) / hc.n_embd,
+        activation=activation,
         pos_encoding="learned",
         bias=True,
         tie_weights=bool(getattr(hc, "tie_word_embeddings", True)),
@@ -109,7 +117,8 @@ def from_hf_gpt2(model_or_dir: Any) -> DecoderLM:
 def to_hf_gpt2(model: DecoderLM, out_dir: str | Path) -> Path:
     """Write ``model`` as a ``transformers`` GPT-2 directory (``GPT2LMHeadModel.from_pretrained``).
 
-    Only GPT-2-shaped models can be exported: learned positions, biases, LayerNorm, tanh-GELU.
+    Only GPT-2-shaped models can be exported: learned positions, biases, LayerNorm, GELU (exact
+    GELU is written as ``activation_function="gelu"``, which ``transformers`` also implements).
 
     Raises:
         QuillError: if the model uses rotary or sinusoidal positions, or has no biases.
@@ -128,7 +137,7 @@ def to_hf_gpt2(model: DecoderLM, out_dir: str | Path) -> Path:
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,
         n_inner=cfg.ffn_hidden,
-        activation_function="gelu_new",
+        activation_function=_TO_HF_ACTIVATION[cfg.activation],
         layer_norm_epsilon=cfg.layer_norm_eps,
         tie_word_embeddings=cfg.tie_weights,
         resid_pdrop=cfg.dropout,

@@ -13,9 +13,9 @@ class FeedForward(nn.Module):
     """Two linear layers with a GELU between them, applied to every position independently.
 
     Attention moves information *between* positions; this is where each position computes on
-    what it gathered. The hidden layer is ``ffn_mult`` (default 4) times wider than ``C``.
-    GELU uses the tanh approximation, as GPT-2 does, so imported GPT-2 weights give the same
-    outputs.
+    what it gathered. The hidden layer is ``ffn_mult`` (default 4) times wider than ``C``. The
+    activation is exact GELU, or GPT-2's tanh approximation (``activation="gelu_tanh"``) so that
+    imported GPT-2 weights give the same outputs.
 
     Shapes: ``(B, T, C) -> (B, T, C)``.
     """
@@ -25,7 +25,8 @@ class FeedForward(nn.Module):
         self.fc = nn.Linear(config.n_embd, config.ffn_hidden, bias=config.bias)
         self.proj = nn.Linear(config.ffn_hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``proj(gelu(fc(x)))`` with residual dropout, shape ``(B, T, C)``."""
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
