@@ -1,0 +1,73 @@
+"""Many processes through torchrun (gloo on CPU): DDP and FSDP2 match one process.
+
+Two ranks with ``batch_size`` B each see exactly the windows that one process with ``2B`` sees
+(the sampler deals each global batch across ranks), and DDP averages their gradients, so after
+a few steps the weights equal the one-process run's up to fp32 rounding. FSDP2 shards parameters,
+gradients and optimiser state, and must land in the same place.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from quillgpt.training import Trainer
+from quillgpt.training.metrics import read_metrics
+from quillgpt.training.state import load_train_state
+from train_utils import cli_args, model_config, prepare, train_config
+
+SETTINGS = dict(max_steps=6, ckpt_interval=3, eval_interval=3, log_interval=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepare(tmp_path_factory.getbasetemp() / "train-data")
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """One process, global batch 8."""
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("ref")
+    Trainer(model_config(), train_config(out, batch_size=8, **SETTINGS), data).fit()
+    torch.set_num_threads(threads)
+    return load_file(str(out / "model.safetensors")), read_metrics(out / "metrics.jsonl")
+
+
+def torchrun(args: list[str], log) -> int:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", "-m", "quillgpt.cli", "train", *args]  # fmt: skip
+    with open(log, "wb") as handle:
+        return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                              timeout=240).returncode  # fmt: skip
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_equal_one_with_the_same_global_batch(data, reference, tmp_path, parallel):
+    expected, expected_metrics = reference
+    run = tmp_path / "run"
+    args = cli_args(data, run, batch_size=4, parallel=parallel, **SETTINGS)
+    code = torchrun(args, tmp_path / "log.txt")
+    output = (tmp_path / "log.txt").read_text()
+    assert code == 0, output[-4000:]
+    got = load_file(str(run / "model.safetensors"))
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    # rank 0 alone wrote: one metrics line per step, and the losses match the single process
+    metrics = read_metrics(run / "metrics.jsonl")
+    losses = [r["loss"] for r in metrics if r["kind"] == "train"]
+    reference_losses = [r["loss"] for r in expected_metrics if r["kind"] == "train"]
+    assert losses == pytest.approx(reference_losses, rel=1e-4)
+    val = [r["val_loss"] for r in metrics if r["kind"] == "eval"]
+    reference_val = [r["val_loss"] for r in expected_metrics if r["kind"] == "eval"]
+    assert val == pytest.approx(reference_val, rel=1e-4)
+    state = load_train_state(run)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert state["step"] == SETTINGS["max_steps"]
