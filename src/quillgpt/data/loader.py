@@ -7,9 +7,9 @@ Three small pieces, in the ``torch.utils.data`` way:
   (``y`` is ``x`` shifted by one). ``__getitems__`` gathers a whole batch of start offsets with
   one numpy fancy index, which is what makes the loader fast.
 * :class:`RandomWindowSampler` -- training batches of start offsets. Each epoch cuts the file
-  into non-overlapping windows at a random shift and shuffles them; ranks are dealt disjoint
-  windows. Batch ``step`` is a pure function of ``(seed, step, rank, world_size)``, so resuming
-  at an exact data position only needs the step.
+  into non-overlapping windows at a random shift and shuffles them; the windows are dealt to
+  ranks, each used once per epoch. Batch ``step`` is a pure function of
+  ``(seed, step, rank, world_size)``, so resuming at an exact data position only needs the step.
 * :class:`SequentialWindowSampler` -- evaluation batches: consecutive windows at stride
   ``block_size`` so that every token after the first is a target exactly once.
 
@@ -89,14 +89,21 @@ class TokenWindows(Dataset[Batch]):
 
 
 class RandomWindowSampler(Sampler[np.ndarray]):
-    """Training batches of window start offsets: shuffled, non-overlapping, rank-disjoint.
+    """Training batches of window start offsets: one shuffled stream of windows, dealt to ranks.
 
-    Epoch ``e`` draws ``shift`` in ``[0, block_size)`` and a permutation of
-    ``windows_per_epoch = num_tokens // block_size - 1`` windows starting at
-    ``shift + i * block_size`` (the count that fits for every shift). Batch ``step`` of rank
-    ``r`` takes permutation entries ``(index * batch_size + j) * world_size + r`` for
-    ``j < batch_size``, where ``epoch, index = divmod(step, steps_per_epoch)``. So within an
-    epoch no window repeats, ranks never share one, and each rank sees the same number of steps.
+    Epoch ``e`` draws a ``shift`` in ``[0, block_size)`` and a permutation of the
+    ``windows_per_epoch = num_tokens // block_size - 1`` non-overlapping windows that start at
+    ``shift + i * block_size`` (the count that fits for every shift). Concatenating the epochs
+    gives one endless stream of windows; slot ``g`` of the stream goes to rank ``g % world_size``,
+    and rank ``r``'s batch ``step`` is slots ``(step * batch_size + j) * world_size + r`` for
+    ``j < batch_size``. Hence:
+
+    * every window of an epoch is used exactly once, by exactly one rank, before the next epoch;
+    * batch ``step`` is a pure function of ``(seed, step, rank, world_size)``: resuming at an
+      exact data position needs only the step;
+    * the stream does not depend on how it is cut: a batch of ``k * batch_size`` at step ``s`` is
+      the concatenation of the batches ``k * s, ..., k * s + k - 1`` of ``batch_size``, so
+      gradient accumulation sees exactly the data of the larger batch.
 
     Args:
         num_tokens: length of the token file.
@@ -123,11 +130,7 @@ class RandomWindowSampler(Sampler[np.ndarray]):
         num_steps: int | None = None,
         name: str = "the token file",
     ):
-        _check_ranks(rank, world_size)
-        if batch_size < 1 or block_size < 1:
-            raise DataError(
-                f"batch_size and block_size must be positive, got {batch_size}, {block_size}"
-            )
+        _check_layout(batch_size, block_size, rank, world_size)
         if seed < 0 or start_step < 0:
             raise DataError(f"seed and start_step must be non-negative, got {seed}, {start_step}")
         self.block_size = block_size
@@ -138,30 +141,35 @@ class RandomWindowSampler(Sampler[np.ndarray]):
         self.start_step = start_step
         self.num_steps = num_steps
         self.windows_per_epoch = num_tokens // block_size - 1
-        self.steps_per_epoch = max(self.windows_per_epoch, 0) // (batch_size * world_size)
-        if self.steps_per_epoch < 1:
+        if self.windows_per_epoch < batch_size * world_size:
             need = (batch_size * world_size + 2) * block_size
             raise DataError(
                 f"{name} has {num_tokens} tokens, too few for one step of {batch_size} x "
                 f"{world_size} windows of block_size {block_size} (needs {need}); use a smaller "
                 "batch_size or block_size, or more text"
             )
-        self._cached_epoch: tuple[int, int, np.ndarray] | None = None
+        self._epochs: dict[int, tuple[int, np.ndarray]] = {}
 
     def epoch_windows(self, epoch: int) -> tuple[int, np.ndarray]:
         """Return ``(shift, permutation)`` of ``epoch``: a pure function of ``(seed, epoch)``."""
-        if self._cached_epoch is None or self._cached_epoch[0] != epoch:
+        if epoch not in self._epochs:
             rng = np.random.default_rng([self.seed, epoch])
             shift = int(rng.integers(self.block_size))
-            self._cached_epoch = (epoch, shift, rng.permutation(self.windows_per_epoch))
-        return self._cached_epoch[1], self._cached_epoch[2]
+            # keep the previous epoch only: a batch spans at most two consecutive epochs
+            self._epochs = {e: v for e, v in self._epochs.items() if e == epoch - 1}
+            self._epochs[epoch] = (shift, rng.permutation(self.windows_per_epoch))
+        return self._epochs[epoch]
 
     def batch(self, step: int) -> np.ndarray:
         """Return start offsets of this rank's batch ``step``, int64 of shape ``(batch_size,)``."""
-        epoch, index = divmod(step, self.steps_per_epoch)
-        shift, order = self.epoch_windows(epoch)
-        slots = (index * self.batch_size + np.arange(self.batch_size)) * self.world_size + self.rank
-        return shift + order[slots].astype(np.int64) * self.block_size
+        slots = (step * self.batch_size + np.arange(self.batch_size)) * self.world_size + self.rank
+        epochs, positions = np.divmod(slots, self.windows_per_epoch)
+        starts = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(epochs).tolist():
+            shift, order = self.epoch_windows(epoch)
+            here = epochs == epoch
+            starts[here] = shift + order[positions[here]] * self.block_size
+        return starts
 
     def __iter__(self) -> Iterator[np.ndarray]:
         """Yield batches from ``start_step``, for ``num_steps`` steps or forever."""
@@ -205,11 +213,7 @@ class SequentialWindowSampler(Sampler[np.ndarray]):
         world_size: int = 1,
         name: str = "the token file",
     ):
-        _check_ranks(rank, world_size)
-        if batch_size < 1 or block_size < 1:
-            raise DataError(
-                f"batch_size and block_size must be positive, got {batch_size}, {block_size}"
-            )
+        _check_layout(batch_size, block_size, rank, world_size)
         if num_tokens < block_size + 1:
             raise DataError(
                 f"{name} has {num_tokens} tokens, fewer than block_size + 1 = {block_size + 1}; "
@@ -328,7 +332,11 @@ def _ranks(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def _check_ranks(rank: int, world_size: int) -> None:
-    """Raise :class:`DataError` unless ``0 <= rank < world_size``."""
+def _check_layout(batch_size: int, block_size: int, rank: int, world_size: int) -> None:
+    """Raise :class:`DataError` unless sizes are positive and ``0 <= rank < world_size``."""
+    if batch_size < 1 or block_size < 1:
+        raise DataError(
+            f"batch_size and block_size must be positive, got {batch_size}, {block_size}"
+        )
     if world_size < 1 or not 0 <= rank < world_size:
         raise DataError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
