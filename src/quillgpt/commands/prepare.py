@@ -12,6 +12,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 HELP = "load a corpus, train or load a tokenizer, and write cached token files"
@@ -55,7 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where data is cached (default: $QUILLGPT_DATA_DIR, else ./data)",
     )
     parser.add_argument(
-        "--num-proc", type=int, default=1, help="processes for tokenizing (default: 1)"
+        "--num-proc",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="processes for tokenizing with Dataset.map (default: cores, at most 4)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     parser.add_argument(

@@ -62,8 +62,10 @@ def prepare_data(
             ``tokenizers.Tokenizer``.
         vocab_size: BPE vocabulary size (default 4096, at least 257); BPE only.
         data_dir: root of all data files (default ``$QUILLGPT_DATA_DIR`` or ``./data``).
-        num_proc: processes for ``Dataset.map`` while tokenizing (1 uses all cores via Rust
-            threads already; more helps on many-core machines with many documents).
+        num_proc: processes for ``Dataset.map`` while tokenizing. 1 (the default) never forks,
+            which is safe inside a process that holds threads or a CUDA context, and still
+            encodes on all cores (Rust threads); more also spreads the Arrow conversion and
+            writing over cores (``quill prepare`` uses up to 4). The ids do not depend on it.
         force: rebuild even if a complete cached folder exists.
 
     Returns:

@@ -61,9 +61,9 @@ def write_token_file(
     """Tokenize ``dataset["text"]`` into ``path`` as ``EOT doc EOT doc ... EOT``; return counts.
 
     Documents are encoded with ``Dataset.map(batched=True, num_proc=num_proc)``; within one
-    process ``encode_batch`` already runs on all cores (Rust threads), so ``num_proc=1`` is the
-    fastest choice on small machines. The mapped ids live in Arrow files under ``scratch`` (not in
-    RAM), then are streamed into ``path`` chunk by chunk.
+    process ``encode_batch`` already runs on all cores (Rust threads), while more processes also
+    parallelise the Arrow conversion around it. The mapped ids live in Arrow files under
+    ``scratch`` (not in RAM), then are streamed into ``path`` chunk by chunk.
 
     Returns:
         ``documents``, ``characters``, ``text_bytes``, ``bytes`` (text bytes + one per document
