@@ -140,7 +140,7 @@ def _build(
             "eot_id": eot,
             "dtype": dtype.name,
             "layout": "EOT, then every document followed by EOT",
-            "bytes": "UTF-8 bytes of the documents plus one per end-of-text target",
+            "bytes_definition": "UTF-8 bytes of the documents plus one per end-of-text target",
             "splits": stats,
             "validation_titles": _titles(splits["validation"]),
             "seconds": {
