@@ -19,6 +19,10 @@ from quillgpt.errors import QuillError
 VERBS: dict[str, str] = {
     "prepare": "prepare",
     "train": "train",
+    "generate": "generate",
+    "eval": "eval",
+    "profile": "profile",
+    "quantize": "quantize",
 }
 
 

@@ -102,9 +102,13 @@ class DecoderLM(nn.Module):
     def new_kv_cache(
         self, batch_size: int, max_len: int | None = None, *, dtype: torch.dtype | None = None
     ) -> KVCache:
-        """Allocate a :class:`KVCache` for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        """Allocate a :class:`KVCache` for ``batch_size`` sequences of up to ``max_len`` tokens.
+
+        Dtype and device follow the token embedding, which stays a plain tensor even when the
+        linear layers are swapped for quantized ones.
+        """
         cfg = self.config
-        weight = self.lm_head.weight
+        weight = self.tok_emb.weight
         return KVCache(
             cfg.n_layer,
             batch_size,

@@ -1,0 +1,90 @@
+"""``quill eval``: validation loss, perplexity and bits per byte of a checkpoint.
+
+Examples::
+
+    quill eval runs/shakespeare-char-cpu                   # the data it was trained on
+    quill eval runs/shakespeare-char-cpu/best --quantize int8
+    quill eval runs/shakespeare-bpe-cpu --dataset path/to/texts/ --max-batches 50 --json
+
+Every token of the split but the first is predicted once, with up to ``block_size`` tokens of
+context (consecutive windows). Bits per byte divides the total loss by the UTF-8 bytes of the
+text, so models with different tokenizers compare on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+HELP = "validation loss, perplexity and bits per byte of a checkpoint (fp32 or int8)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``quill eval``."""
+    from quillgpt.inference import QUANTIZE_CHOICES
+    from quillgpt.optimize.devices import DEVICE_CHOICES
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("Examples::", 1)[1].rstrip()
+    parser.add_argument("run_dir", help="run or checkpoint directory")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="corpus to evaluate on, as for `quill prepare` (default: the training data)",
+    )
+    parser.add_argument("--split", default="validation", choices=("validation", "train"))
+    parser.add_argument(
+        "--data-dir", default=None, help="data cache for --dataset (default: as quill prepare)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per batch (default 8)")
+    parser.add_argument(
+        "--max-batches", type=int, default=None, help="stop after this many batches (default: all)"
+    )
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the figures; return 0."""
+    from quillgpt.errors import QuillError
+    from quillgpt.inference import evaluate_loaded, load_for_inference, open_eval_data
+
+    if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
+        raise QuillError("--batch-size and --max-batches must be >= 1")
+    loaded = load_for_inference(
+        args.run_dir, device=args.device, quantize=args.quantize, fast_decode=False
+    )
+    for note in loaded.notes:
+        print(f"quill eval: {note}", file=sys.stderr)
+    data = open_eval_data(loaded, args.dataset, args.data_dir)
+    start = time.perf_counter()
+    result = evaluate_loaded(
+        loaded, data, split=args.split, batch_size=args.batch_size, max_batches=args.max_batches
+    )
+    seconds = time.perf_counter() - start
+    record = {
+        "checkpoint": str(loaded.path),
+        "data": str(data.directory),
+        "split": args.split,
+        "quantized": "int8" if loaded.quantized else None,
+        "device": loaded.device.type,
+        "loss": result.loss,
+        "perplexity": result.perplexity,
+        "bpb": result.bpb,
+        "targets": result.targets,
+        "seconds": seconds,
+    }
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    weights = "int8" if loaded.quantized else "fp32"
+    print(f"checkpoint   {loaded.path} ({weights}, {loaded.device.type})")
+    print(f"data         {data.directory} [{args.split}]")
+    print(f"loss         {result.loss:.4f} nats/token")
+    print(f"perplexity   {result.perplexity:.3f}")
+    print(f"bits/byte    {result.bpb:.4f}")
+    print(f"targets      {result.targets:,} tokens in {seconds:.1f}s")
+    return 0

@@ -1,0 +1,101 @@
+"""Faster token-by-token decoding on a CPU: linear layers laid out for matrix-vector products.
+
+Decoding one token multiplies a single activation row ``x (1, C)`` by every weight matrix of the
+model, so each step reads all the weights once and does only two FLOPs per weight: its speed is
+set by how fast the weights stream from memory, not by arithmetic. Two things keep PyTorch's
+plain ``nn.Linear`` well below the memory bandwidth there (measured in
+``benchmarks/bench_decode.py``; numbers in ``docs/performance.md``):
+
+* ``F.linear(x, W)`` with ``W`` stored ``(N, C)`` (out, in) becomes a BLAS ``gemv`` on the
+  *transposed* matrix: one dot product of length ``C`` per output. With the weight stored
+  ``(C, N)`` instead (as Hugging Face's GPT-2 ``Conv1D`` does), ``x @ W`` is the non-transposed
+  ``gemv``, which streams the matrix row by row and runs about twice as fast on the measured CPU.
+* BLAS runs a single ``gemv`` on one core, however many threads PyTorch has.
+
+:class:`DecodeLinear` fixes both: it stores the weight transposed and cut along the output
+features into ``S`` slabs ``(S, C, N/S)``, one per thread, and computes all slabs with one
+``torch.baddbmm``. PyTorch spreads the ``S`` independent matrix products of a batched matmul over
+its threads, so every core streams its own share of the weights.
+
+Use it on a model that only runs inference::
+
+    model = load_checkpoint(run_dir)
+    prepare_for_decoding(model)          # in place; returns the number of layers converted
+    model.generate(idx, max_new_tokens=128)
+
+The converted model computes the same function (to float rounding), but its ``state_dict`` has
+different names and shapes: convert a fresh copy for generation, never a model you will train or
+save. A tied output head gets its own transposed copy (``V x C`` floats more memory), since the
+token embedding still needs the original layout for its row look-ups.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DecodeLinear(nn.Module):
+    """``y = x W^T + b``, ``W`` stored as ``S`` transposed slabs for fast matrix-vector products.
+
+    The ``N`` output features are padded with zero rows to ``S * n`` (``n = ceil(N / S)``) and
+    cut into ``S`` contiguous slabs ``(C, n)``; one ``baddbmm`` multiplies the input by all of
+    them at once, each slab on its own thread, and the ``(S, M, n)`` result is put back in
+    feature order and cropped to ``N``.
+
+    Shapes: ``x (..., C) -> (..., N)``, like the ``nn.Linear`` it is built from.
+
+    Args:
+        linear: the layer to convert (its weights are copied, not shared).
+        num_slabs: ``S``; defaults to ``torch.get_num_threads()``.
+    """
+
+    def __init__(self, linear: nn.Linear, num_slabs: int | None = None) -> None:
+        super().__init__()
+        num_slabs = num_slabs or torch.get_num_threads()
+        if num_slabs < 1:
+            raise ValueError(f"num_slabs must be >= 1, got {num_slabs}")
+        weight = linear.weight.detach()
+        self.out_features, self.in_features = weight.shape
+        self.num_slabs = num_slabs
+        self.slab_width = -(-self.out_features // num_slabs)  # ceil(N / S)
+        padding = num_slabs * self.slab_width - self.out_features
+        padded = F.pad(weight, (0, 0, 0, padding))  # (S*n, C)
+        slabs = padded.view(num_slabs, self.slab_width, self.in_features).transpose(1, 2)
+        self.register_buffer("slabs", slabs.contiguous())  # (S, C, n)
+        bias = linear.bias
+        bias = weight.new_zeros(self.out_features) if bias is None else bias.detach()
+        self.register_buffer("bias", F.pad(bias, (0, padding)).view(num_slabs, 1, self.slab_width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x W^T + b`` for ``x (..., C)`` as ``(..., N)``."""
+        *lead, C = x.shape
+        rows = x.reshape(1, -1, C).expand(self.num_slabs, -1, C)  # (S, M, C), no copy
+        y = torch.baddbmm(self.bias, rows, self.slabs)  # (S, M, n): slab s on thread s
+        y = y.transpose(0, 1).reshape(-1, self.num_slabs * self.slab_width)  # (M, S*n)
+        return y[:, : self.out_features].reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        """Shown by ``print(model)``."""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"num_slabs={self.num_slabs}"
+        )
+
+
+def prepare_for_decoding(model: nn.Module, num_slabs: int | None = None) -> int:
+    """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`DecodeLinear`.
+
+    Meant for fp32 inference on a CPU; on a GPU a single matrix product already uses the whole
+    device, so leave the model as it is there. Returns the number of layers converted.
+    """
+    targets = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear
+    ]
+    for parent, name, child in targets:
+        setattr(parent, name, DecodeLinear(child, num_slabs))
+    return len(targets)
