@@ -58,8 +58,9 @@ def test_int8_loss_is_close_and_saved_int8_gives_the_same(run, capsys, tmp_path)
 def test_another_corpus_is_tokenized_with_the_checkpoint_tokenizer(run, capsys, tmp_path):
     run_dir, data, _ = run
     corpus = write_corpus(tmp_path / "other", seed=0, docs=4, lines=30)
-    code, record, _ = evaluate(capsys, str(run_dir), "--dataset", str(corpus),
-                               "--data-dir", str(tmp_path / "data"))  # fmt: skip
+    code, record, _ = evaluate(
+        capsys, str(run_dir), "--dataset", str(corpus), "--data-dir", str(tmp_path / "data")
+    )
     assert code == 0 and record["data"] != str(data.directory) and record["bpb"] > 0
 
 

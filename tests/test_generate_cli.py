@@ -37,8 +37,17 @@ def tokens_reported(err: str) -> int:
 
 
 def test_streams_the_continuation_and_reports_speed(run_dir, capsys):
-    code, out, err = generate(capsys, str(run_dir), "--prompt", "the cat", "--max-new-tokens",
-                              "12", "--no-stop", "--seed", "0")  # fmt: skip
+    code, out, err = generate(
+        capsys,
+        str(run_dir),
+        "--prompt",
+        "the cat",
+        "--max-new-tokens",
+        "12",
+        "--no-stop",
+        "--seed",
+        "0",
+    )
     assert code == 0
     assert out.startswith("the cat") and len(out) > len("the cat")
     assert tokens_reported(err) == 12 and "tokens/s" in err
@@ -56,8 +65,9 @@ def test_greedy_is_deterministic_and_seeds_reproduce(run_dir, capsys):
 
 def test_prompt_from_file_and_stdin(run_dir, capsys, tmp_path, monkeypatch):
     (tmp_path / "p.txt").write_text("a lazy dog")
-    code, out, _ = generate(capsys, str(run_dir), "--prompt-file", str(tmp_path / "p.txt"),
-                            "--max-new-tokens", "3")  # fmt: skip
+    code, out, _ = generate(
+        capsys, str(run_dir), "--prompt-file", str(tmp_path / "p.txt"), "--max-new-tokens", "3"
+    )
     assert code == 0 and out.startswith("a lazy dog")
     monkeypatch.setattr("sys.stdin", io.StringIO("over the"))
     code, out, _ = generate(capsys, str(run_dir), "--max-new-tokens", "3")
@@ -70,14 +80,16 @@ def test_empty_prompt_starts_from_end_of_text(run_dir, capsys):
 
 
 def test_long_prompt_is_cropped_with_a_notice(run_dir, capsys):
-    code, _, err = generate(capsys, str(run_dir), "--prompt", "the dog " * 20,
-                            "--max-new-tokens", "4")  # fmt: skip
+    code, _, err = generate(
+        capsys, str(run_dir), "--prompt", "the dog " * 20, "--max-new-tokens", "4"
+    )
     assert code == 0 and "longer than the context window (32): keeping its last 32" in err
 
 
 def test_int8_generation(run_dir, capsys, tmp_path):
-    code, _, err = generate(capsys, str(run_dir), "--quantize", "int8", "--max-new-tokens", "5",
-                            "--no-stop")  # fmt: skip
+    code, _, err = generate(
+        capsys, str(run_dir), "--quantize", "int8", "--max-new-tokens", "5", "--no-stop"
+    )
     assert code == 0 and "int8" in err and tokens_reported(err) == 5
     assert main(["quantize", str(run_dir), str(tmp_path / "int8")]) == 0
     code, _, err = generate(capsys, str(tmp_path / "int8"), "--max-new-tokens", "5", "--no-stop")

@@ -15,9 +15,18 @@ from quillgpt.optimize.quantize import quantize_int8
 
 def test_profile_reports_every_phase(tiny_config, tmp_path):
     model = DecoderLM(tiny_config)
-    report = profile_model(model, device=torch.device("cpu"), batch_size=2, seq_len=16,
-                           prompt_len=8, decode_tokens=4, precision="fp32", repeats=1, top=5,
-                           trace_path=tmp_path / "trace.json")  # fmt: skip
+    report = profile_model(
+        model,
+        device=torch.device("cpu"),
+        batch_size=2,
+        seq_len=16,
+        prompt_len=8,
+        decode_tokens=4,
+        precision="fp32",
+        repeats=1,
+        top=5,
+        trace_path=tmp_path / "trace.json",
+    )
     for key in ("train_tokens_per_s", "prefill_tokens_per_s", "decode_tokens_per_s"):
         assert report.speed[key] > 0
     assert list(report.top_ops) == list(PHASES)
@@ -41,8 +50,16 @@ def test_profile_reports_every_phase(tiny_config, tmp_path):
 def test_int8_inference_model_and_sizes_that_do_not_fit(tiny_config):
     model = DecoderLM(tiny_config)
     int8 = quantize_int8(copy.deepcopy(model))
-    report = profile_model(model, device=torch.device("cpu"), inference_model=int8, train=False,
-                           batch_size=1, prompt_len=100, decode_tokens=100, repeats=1)  # fmt: skip
+    report = profile_model(
+        model,
+        device=torch.device("cpu"),
+        inference_model=int8,
+        train=False,
+        batch_size=1,
+        prompt_len=100,
+        decode_tokens=100,
+        repeats=1,
+    )
     assert list(report.top_ops) == ["prefill", "decode"]
     assert report.setup["inference_layers"] == "int8"
     assert report.setup["decode_tokens"] == tiny_config.block_size - 1
@@ -54,9 +71,29 @@ def test_int8_inference_model_and_sizes_that_do_not_fit(tiny_config):
 
 def test_profile_cli_writes_markdown_json_and_trace(tmp_path, capsys):
     out = tmp_path / "prof"
-    code = main(["profile", "--preset", "tiny", "--batch-size", "1", "--seq-len", "16",
-                 "--prompt-len", "8", "--decode-tokens", "4", "--repeats", "1", "--device", "cpu",
-                 "--precision", "fp32", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "profile",
+            "--preset",
+            "tiny",
+            "--batch-size",
+            "1",
+            "--seq-len",
+            "16",
+            "--prompt-len",
+            "8",
+            "--decode-tokens",
+            "4",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert "Top operators" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {"profile.md", "profile.json", "trace.json"}
