@@ -14,7 +14,8 @@ Contenders:
 Decoding one token reads every weight once, so ``tokens/s <= read bandwidth / weight bytes``.
 The read bandwidth is measured with ``torch.sum`` over 1 GiB; the "bound" columns use it.
 A second table times the largest matrix (the 50257 x 768 output head) times one vector with
-each kernel, to show where the gap comes from.
+each kernel, to show where the gap comes from; a third compares the two layouts on the smaller
+model shapes of the CPU presets (batch 1, 100 new tokens).
 
     python benchmarks/bench_decode.py [--repeats 5] [--batch-sizes 1,8]
 """
@@ -118,6 +119,47 @@ def matvec_rows(repeats: int) -> list[dict[str, object]]:
     return rows
 
 
+# shapes of the CPU presets in configs/ and of ModelConfig presets, for the layout-vs-size table
+SIZES = {
+    "tiny (2x64, V256)": dict(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=64),
+    "shakespeare-char-cpu (4x192, V~70)": dict(
+        vocab_size=70, block_size=256, n_layer=4, n_head=4, n_embd=192, pos_encoding="rope"
+    ),
+    "shakespeare-bpe-cpu (4x256, V2048)": dict(
+        vocab_size=2048, block_size=128, n_layer=4, n_head=4, n_embd=256, pos_encoding="rope"
+    ),
+    "small (6x384, V256)": dict(vocab_size=256, block_size=256, n_layer=6, n_head=6, n_embd=384),
+    "6x512, V4096": dict(vocab_size=4096, block_size=256, n_layer=6, n_head=8, n_embd=512),
+}
+
+
+def size_rows(repeats: int, new_tokens: int = 100) -> list[dict[str, object]]:
+    """DecoderLM.generate with nn.Linear vs after prepare_for_decoding, for smaller models."""
+    rows = []
+    for label, fields in SIZES.items():
+        torch.manual_seed(0)
+        plain = DecoderLM(ModelConfig(**fields)).eval()
+        fast = copy.deepcopy(plain)
+        converted = prepare_for_decoding(fast)
+        prompt = torch.randint(0, fields["vocab_size"], (1, 16))
+        n = min(new_tokens, fields["block_size"] - 16)
+        fns = {
+            name: (lambda m=m, p=prompt, n=n: m.generate(p, n))
+            for name, m in (("plain", plain), ("fast", fast))
+        }
+        times = time_alternating(fns, warmup=1, repeats=repeats)
+        rows.append(
+            {
+                "model": label,
+                "layers_converted": converted,
+                "nn_linear_tok_s": n / median(times["plain"]),
+                "decode_linear_tok_s": n / median(times["fast"]),
+                "ratio": median(times["plain"]) / median(times["fast"]),
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -166,6 +208,7 @@ def main() -> None:
             row[f"{name}_of_bound"] = row[f"{name}_tok_s"] / (bound * batch)
         rows.append(row)
     kernels = matvec_rows(max(args.repeats, 10))
+    sizes = size_rows(args.repeats)
     extra = {
         "model": f"{args.preset}: {model.num_parameters():,} parameters, fp32",
         "prompt_len": args.prompt_len,
@@ -175,12 +218,14 @@ def main() -> None:
         "weight_bytes_per_token": per_token,
         "bound_tok_s_batch1": bound,
         "matvec": kernels,
+        "sizes": sizes,
     }
     print(
         f"read bandwidth {bandwidth / 1e9:.1f} GB/s (torch.sum over 1 GiB); "
         f"{per_token / 1e6:.1f} MB of weights per step -> bound {bound:.1f} steps/s"
     )
     print(markdown_table(kernels))
+    print(markdown_table(sizes))
     emit("decode", rows, extra)
 
 

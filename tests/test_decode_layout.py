@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from quillgpt import DecoderLM
+from quillgpt import DecoderLM, ModelConfig
 from quillgpt.optimize.decode import DecodeLinear, prepare_for_decoding
 
 
@@ -33,10 +33,18 @@ def test_num_slabs_defaults_to_threads_and_must_be_positive():
 def test_prepared_model_generates_the_same_tokens(tiny_config):
     model = DecoderLM(tiny_config).eval()
     fast = copy.deepcopy(model)
-    converted = prepare_for_decoding(fast, num_slabs=2)
+    converted = prepare_for_decoding(fast, num_slabs=2, min_bytes=0)
     assert converted == 4 * tiny_config.n_layer + 1  # qkv, proj, fc, proj per block + head
     assert not any(type(m) is nn.Linear for m in fast.modules())
     idx = torch.randint(0, tiny_config.vocab_size, (2, 5))
     torch.testing.assert_close(fast(idx)[0], model(idx)[0], rtol=1e-5, atol=1e-5)
     assert torch.equal(fast.generate(idx, 12), model.generate(idx, 12))
     assert torch.equal(fast.tok_emb.weight, model.tok_emb.weight)  # the embedding is untouched
+
+
+def test_small_layers_stay_plain(tiny_config):
+    model = DecoderLM(ModelConfig(**{**tiny_config.to_dict(), "vocab_size": 1000}))
+    big = model.lm_head.weight.nbytes
+    assert prepare_for_decoding(model, min_bytes=big) == 1  # only the head is that large
+    assert isinstance(model.lm_head, DecodeLinear)
+    assert type(model.blocks[0].ffn.fc) is nn.Linear

@@ -96,7 +96,8 @@ def test_int8_generation(run_dir, capsys, tmp_path):
     assert code == 0 and "int8" in err
 
 
-def test_fp32_cpu_decoding_uses_the_decode_layout(run_dir):
+def test_fp32_cpu_decoding_uses_the_decode_layout(run_dir, monkeypatch):
+    monkeypatch.setattr("quillgpt.optimize.decode.MIN_BYTES", 0)  # the tiny layers too
     loaded = load_for_inference(run_dir, device="cpu")
     assert isinstance(loaded.model.lm_head, DecodeLinear)
     plain = load_for_inference(run_dir, device="cpu", fast_decode=False)

@@ -84,17 +84,28 @@ class DecodeLinear(nn.Module):
         )
 
 
-def prepare_for_decoding(model: nn.Module, num_slabs: int | None = None) -> int:
-    """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`DecodeLinear`.
+MIN_BYTES = 1 << 20
+"""Smallest weight (bytes) worth converting: below about the size of a core's L2 cache the matrix
+is read from cache, and splitting it costs more in thread hand-offs than it saves (measured:
+a 2-layer, 64-wide model decodes ~10% slower with every layer converted)."""
 
-    Meant for fp32 inference on a CPU; on a GPU a single matrix product already uses the whole
-    device, so leave the model as it is there. Returns the number of layers converted.
+
+def prepare_for_decoding(
+    model: nn.Module, num_slabs: int | None = None, min_bytes: int | None = None
+) -> int:
+    """Replace the ``nn.Linear`` layers of ``model`` (in place) by :class:`DecodeLinear` s.
+
+    Only layers whose weight has at least ``min_bytes`` bytes are converted (default
+    :data:`MIN_BYTES`; pass 0 to convert all). Meant for fp32 inference on a CPU; on a GPU a
+    single matrix product already uses the whole device, so leave the model as it is there.
+    Returns the number of layers converted.
     """
+    min_bytes = MIN_BYTES if min_bytes is None else min_bytes
     targets = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if type(child) is nn.Linear
+        if type(child) is nn.Linear and child.weight.nbytes >= min_bytes
     ]
     for parent, name, child in targets:
         setattr(parent, name, DecodeLinear(child, num_slabs))

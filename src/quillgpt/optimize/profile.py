@@ -208,11 +208,17 @@ def profile_model(
 
 
 def _linear_kind(model: nn.Module) -> str:
-    """How the output head of ``model`` computes: ``nn.Linear``, ``DecodeLinear`` or ``int8``."""
+    """``int8``, ``nn.Linear``, or how many linear layers are ``DecodeLinear``."""
+    from quillgpt.optimize.decode import DecodeLinear
     from quillgpt.optimize.quantize import is_quantized_linear
 
-    head = model.lm_head
-    return "int8" if is_quantized_linear(head) else type(head).__name__
+    modules = list(model.modules())
+    if any(is_quantized_linear(m) for m in modules):
+        return "int8"
+    fast = sum(isinstance(m, DecodeLinear) for m in modules)
+    if not fast:
+        return "nn.Linear"
+    return f"DecodeLinear ({fast} of {fast + sum(type(m) is nn.Linear for m in modules)})"
 
 
 def count_parameters(model: nn.Module) -> int:
