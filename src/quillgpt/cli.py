@@ -23,6 +23,8 @@ VERBS: dict[str, str] = {
     "eval": "eval",
     "profile": "profile",
     "quantize": "quantize",
+    "sweep": "sweep",
+    "bench": "bench",
 }
 
 
