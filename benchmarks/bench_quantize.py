@@ -4,8 +4,9 @@ Three measurements, the three targets of the issue:
 
 1. **Decode speed** of a GPT-2-124M-shaped model (random weights, seed 0): greedy, batch 1,
    ``--prompt-len`` prompt, ``--new-tokens`` new tokens, KV cache; fp32 (``nn.Linear`` and the
-   ``DecodeLinear`` layout) against int8 with each backend, alternating in one process, medians.
-   torchao's eager CPU path is so slow that it is timed separately on ``--slow-tokens`` tokens.
+   ``DecodeLinear`` layout) against int8 with each backend (and each of torch.ao's x86 engines),
+   alternating in one process, medians. torchao's eager CPU path is so slow that it is timed
+   separately on ``--slow-tokens`` tokens (``--torchao-compile`` adds it under torch.compile).
 2. **Size**: bytes of the quantized layers' weights (int8 data + scales + biases) against their
    fp32 bytes, and the checkpoint files.
 3. **Accuracy** on a trained small model (``--run-dir``; by default the ``shakespeare-bpe-cpu``
@@ -45,15 +46,23 @@ def speed_rows(args: argparse.Namespace) -> tuple[list[dict[str, object]], dict[
     fast = copy.deepcopy(model)
     prepare_for_decoding(fast)
     int8 = quantize_int8(copy.deepcopy(model), backend="torch.ao")
-    int8_body = quantize_int8(copy.deepcopy(model), backend="torch.ao", include_head=False)
     contenders = {
         "fp32 nn.Linear": model,
         "fp32 DecodeLinear": fast,
-        "int8 torch.ao": int8,
-        "int8 torch.ao, fp32 head": int8_body,
+        f"int8 torch.ao ({int8.quantization['engine']})": int8,
+        "int8 torch.ao (fbgemm)": quantize_int8(copy.deepcopy(model), engine="fbgemm"),
+        "int8 torch.ao (onednn)": quantize_int8(copy.deepcopy(model), engine="onednn"),
+        "int8 torch.ao, fp32 head": quantize_int8(copy.deepcopy(model), include_head=False),
     }
     n = args.new_tokens
-    fns = {name: (lambda m=m: m.generate(prompt, n)) for name, m in contenders.items()}
+
+    def generate(m: DecoderLM) -> torch.Tensor:
+        engine = getattr(m, "quantization", {}).get("engine")
+        if engine is not None:
+            torch.backends.quantized.engine = engine  # global: set for the model that runs
+        return m.generate(prompt, n)
+
+    fns = {name: (lambda m=m: generate(m)) for name, m in contenders.items()}
     outputs = {name: fn() for name, fn in fns.items()}
     times = time_alternating(fns, warmup=1, repeats=args.repeats)
     rows: list[dict[str, object]] = []
@@ -72,23 +81,14 @@ def speed_rows(args: argparse.Namespace) -> tuple[list[dict[str, object]], dict[
         )
     # torchao eager: int8 x int8 through torch._int_mm's CPU fallback, far too slow to alternate
     torchao = quantize_int8(copy.deepcopy(model), backend="torchao")
-    slow = args.slow_tokens
-    torchao.generate(prompt, 2)
-    ts = []
-    for _ in range(args.repeats):
+    rows.append(slow_row("int8 torchao (eager)", torchao, prompt, args, base))
+    if args.torchao_compile:
         start = time.perf_counter()
-        torchao.generate(prompt, slow)
-        ts.append(time.perf_counter() - start)
-    tok_s = slow / median(ts)
-    rows.append(
-        {
-            "model": "int8 torchao (eager)",
-            "new_tokens": slow,
-            "tok_s": tok_s,
-            "vs_fp32": tok_s / base,
-            "same_tokens_as_fp32": float("nan"),
-        }
-    )
+        torchao.next_token_logits = torch.compile(torchao.next_token_logits, dynamic=True)
+        torchao.generate(prompt, 2)
+        row = slow_row("int8 torchao (torch.compile)", torchao, prompt, args, base)
+        row["compile_s"] = time.perf_counter() - start
+        rows.append(row)
     fp32_bytes = linear_weight_bytes(model)
     int8_bytes = linear_weight_bytes(int8)
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,6 +105,26 @@ def speed_rows(args: argparse.Namespace) -> tuple[list[dict[str, object]], dict[
         "engine": int8.quantization["engine"],
     }
     return rows, size
+
+
+def slow_row(
+    name: str, model: DecoderLM, prompt: torch.Tensor, args: argparse.Namespace, base: float
+) -> dict[str, object]:
+    """Time ``--slow-tokens`` greedy tokens ``--repeats`` times, after a 2-token warm-up."""
+    model.generate(prompt, 2)
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        model.generate(prompt, args.slow_tokens)
+        times.append(time.perf_counter() - start)
+    tok_s = args.slow_tokens / median(times)
+    return {
+        "model": name,
+        "new_tokens": args.slow_tokens,
+        "tok_s": tok_s,
+        "vs_fp32": tok_s / base,
+        "same_tokens_as_fp32": float("nan"),
+    }
 
 
 def trained_run(args: argparse.Namespace) -> Path:
@@ -179,6 +199,11 @@ def main() -> None:
     parser.add_argument("--train-time", default="3m", help="budget when training one")
     parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument(
+        "--torchao-compile",
+        action="store_true",
+        help="also time torchao under torch.compile (minutes of compilation)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     rows, size = speed_rows(args)

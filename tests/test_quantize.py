@@ -123,6 +123,9 @@ def test_engine_follows_the_platform(monkeypatch):
             assert q.select_engine() == "qnnpack"
         monkeypatch.setattr(platform, "machine", lambda: "x86_64")
         assert q.select_engine() in ("x86", "fbgemm", "onednn")
+        assert q.select_engine("fbgemm") == torch.backends.quantized.engine == "fbgemm"
+        with pytest.raises(QuillError, match="no int8 engine tpu"):
+            q.select_engine("tpu")
     finally:
         torch.backends.quantized.engine = previous
 

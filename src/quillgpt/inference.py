@@ -108,6 +108,9 @@ def load_for_inference(
         fast_decode: on a CPU in fp32, convert the linear layers to
             :class:`~quillgpt.optimize.decode.DecodeLinear` for faster token-by-token decoding.
 
+    On an Intel GPU (``xpu``), Intel's Extension for PyTorch is applied (``ipex.optimize``) only
+    if it is installed and built for this torch version, and ``notes`` says so.
+
     Raises:
         CheckpointError: if the directory is not a usable checkpoint or its tokenizer is missing
             or does not match.
@@ -145,6 +148,12 @@ def load_for_inference(
         if int8:
             quantize_int8(model)
     tokenizer = load_tokenizer_checked(path, document, model.config.vocab_size)
+    if target.type == "xpu":
+        from quillgpt.optimize.devices import ipex_optimize
+
+        model, _, applied = ipex_optimize(model.eval())
+        if applied:
+            notes.append("intel_extension_for_pytorch matches torch: ipex.optimize applied")
     if fast_decode and not int8 and target.type == "cpu":
         from quillgpt.optimize.decode import prepare_for_decoding
 

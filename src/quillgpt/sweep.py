@@ -44,7 +44,7 @@ BASE_ARGS: tuple[str, ...] = (
     "--block_size", "128", "--batch_size", "32", "--pos_encoding", "rope", "--bias", "false",
     "--tie_weights", "true", "--dropout", "0", "--warmup_steps", "50", "--schedule", "cosine",
     "--min_lr_ratio", "0.1", "--weight_decay", "0.1", "--beta2", "0.95", "--grad_clip", "1.0",
-    "--eval_interval", "100", "--eval_tokens", "16384", "--ckpt_interval", "0",
+    "--eval_interval", "25", "--eval_tokens", "16384", "--ckpt_interval", "0",
     "--num_samples", "0", "--progress", "false",
 )  # fmt: skip
 """``quill train`` options shared by every run of the sweep."""

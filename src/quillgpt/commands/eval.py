@@ -42,7 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-batches", type=int, default=None, help="stop after this many batches (default: all)"
     )
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help=f"{'|'.join(DEVICE_CHOICES)}, or cuda:N / xpu:N (default: auto)",
+    )
     parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
 

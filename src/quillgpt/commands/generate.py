@@ -43,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
     parser.add_argument("--num-samples", type=int, default=1, help="default: 1")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help=f"{'|'.join(DEVICE_CHOICES)}, or cuda:N / xpu:N (default: auto)",
+    )
     parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES)
     parser.add_argument(
         "--no-stop",

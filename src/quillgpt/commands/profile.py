@@ -41,7 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=None, help="training sequence length")
     parser.add_argument("--prompt-len", type=int, default=64, help="default: 64")
     parser.add_argument("--decode-tokens", type=int, default=32, help="default: 32")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help=f"{'|'.join(DEVICE_CHOICES)}, or cuda:N / xpu:N (default: auto)",
+    )
     parser.add_argument(
         "--precision", default="auto", choices=PRECISION_CHOICES, help="of the training step"
     )

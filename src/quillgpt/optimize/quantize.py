@@ -66,22 +66,30 @@ _INT8_SUFFIX = ".weight_int8"
 _SCALE_SUFFIX = ".weight_scale"
 
 
-def select_engine() -> str:
-    """Pick and set ``torch.backends.quantized.engine`` for this machine; return its name.
+def select_engine(engine: str | None = None) -> str:
+    """Set ``torch.backends.quantized.engine`` (``engine``, or the best here); return its name.
 
-    On Arm, QNNPACK (the mobile/Arm kernels); on x86, ``x86`` (which dispatches to FBGEMM or
-    oneDNN per operation), else FBGEMM.
+    The best on Arm is QNNPACK (the mobile/Arm kernels); on x86, ``x86`` (which dispatches to
+    FBGEMM or oneDNN per operation), else FBGEMM. The engine is global: it packs the weights when
+    a layer is quantized and runs every quantized layer afterwards.
+
+    Raises:
+        QuillError: if ``engine`` (or any int8 engine) is not in this torch build.
     """
     supported = torch.backends.quantized.supported_engines
-    arm = platform.machine().lower() in ("arm64", "aarch64")
-    preferences = ("qnnpack",) if arm else ("x86", "fbgemm", "onednn")
-    for engine in preferences:
-        if engine in supported:
-            torch.backends.quantized.engine = engine
-            return engine
+    if engine is not None:
+        preferences: tuple[str, ...] = (engine,)
+    elif platform.machine().lower() in ("arm64", "aarch64"):
+        preferences = ("qnnpack",)
+    else:
+        preferences = ("x86", "fbgemm", "onednn")
+    for name in preferences:
+        if name in supported:
+            torch.backends.quantized.engine = name
+            return name
     raise QuillError(
-        f"this torch build has no int8 engine for {platform.machine()} "
-        f"(it supports {supported}); use --quantize none"
+        f"this torch build has no int8 engine {' or '.join(preferences)} for "
+        f"{platform.machine()} (it supports {supported}); use --quantize none"
     )
 
 
@@ -187,6 +195,7 @@ def quantize_int8(
     include_head: bool = True,
     layers: list[str] | None = None,
     scales: dict[str, torch.Tensor] | None = None,
+    engine: str | None = None,
 ) -> DecoderLM:
     """Quantize the linear layers of ``model`` (on the CPU) to dynamic int8, in place.
 
@@ -197,13 +206,15 @@ def quantize_int8(
             GPT-2-sized model. With tied weights the token embedding keeps its fp32 copy.
         layers: names of the layers to quantize; default :func:`quantizable_layers`.
         scales: per-layer row scales to reuse (used when loading a quantized checkpoint).
+        engine: torch.ao's kernel library (``x86``, ``fbgemm``, ``onednn``, ``qnnpack``);
+            default :func:`select_engine`'s choice for this machine.
 
     Returns:
         ``model``, with ``model.quantization`` describing what was done.
     """
     if backend not in BACKENDS:
         raise QuillError(f"unknown quantization backend {backend!r}; choose one of {BACKENDS}")
-    engine = select_engine() if backend == "torch.ao" else "torchao"
+    engine = select_engine(engine) if backend == "torch.ao" else "torchao"
     model.float().cpu().eval()
     names = layers if layers is not None else quantizable_layers(model, include_head=include_head)
     for name in names:
