@@ -45,9 +45,14 @@ def test_sweep_trains_each_size_and_reports(tmp_path, capsys):
     for row in rows:
         assert row["tokens_seen"] > 0 and row["tokens_per_s"] > 0 and row["val_bpb"] > 0
         assert row["peak_memory_mb"] > 0 and 1 < row["train_seconds"] < 10
-    # a second sweep reuses the finished runs instead of training again
+    # a second sweep reuses the finished runs instead of training again; --fresh retrains
     assert main(args) == 0
     assert "training" not in capsys.readouterr().err
+    assert main([*args, "--grid", "1x16", "--fresh"]) == 0
+    assert "training 1x16" in capsys.readouterr().err
+    (tmp_path / "runs" / "L1xC8").mkdir()
+    assert main([*args, "--grid", "1x8"]) == 2
+    assert "unfinished run" in capsys.readouterr().err
 
 
 def test_bad_options_are_clear_errors(capsys):

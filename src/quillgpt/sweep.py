@@ -20,6 +20,7 @@ table), ``sweep.json``, ``sweep_bpb.png`` (validation bits per byte against para
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -129,7 +130,8 @@ def run_sweep(
     """Train every ``(layers, width)`` of ``grid`` for ``budget``; return the table rows.
 
     Runs go to ``out_dir/L{layers}xC{width}``. With ``reuse``, a size whose run directory
-    already holds a final evaluation is not trained again (delete the folder to redo it).
+    already holds a final evaluation is not trained again; without, that directory is deleted
+    and the size retrained. A directory holding an unfinished run is never touched.
 
     Raises:
         QuillError: if a training run fails (its command is in the message).
@@ -142,7 +144,9 @@ def run_sweep(
             run_dir / "metrics.jsonl"
         ).read_text()
         if not (reuse and done):
-            if run_dir.exists():
+            if done:
+                shutil.rmtree(run_dir)  # a finished run of this sweep, to be trained again
+            elif run_dir.exists():
                 raise QuillError(f"{run_dir} holds an unfinished run; delete it to train again")
             command = train_command(layers, width, budget, run_dir, extra)
             log(f"sweep: training {layers}x{width} for {budget} -> {run_dir}")
