@@ -19,7 +19,13 @@ from typing import Any
 
 import torch
 
-from quillgpt.checkpoint import TOKENIZER_FILE, WEIGHTS_FILE, load_checkpoint, read_config
+from quillgpt.checkpoint import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    load_checkpoint,
+    read_config,
+)
 from quillgpt.errors import CheckpointError, QuillError
 from quillgpt.model.decoder import DecoderLM
 from quillgpt.optimize.devices import resolve_device
@@ -128,6 +134,9 @@ def load_for_inference(
     if not (path / WEIGHTS_FILE).is_file() and (path / "best" / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"no {WEIGHTS_FILE} in {path}; did you mean {path / 'best'}?")
     document = read_config(path)
+    if "vocab_size" not in document.get("model", {}):
+        raise CheckpointError(f"{path / CONFIG_FILE} has no model configuration; re-save it")
+    tokenizer = load_tokenizer_checked(path, document, document["model"]["vocab_size"])
     stored_int8 = is_quantized_checkpoint(path)
     int8 = stored_int8 or quantize == "int8"
     notes: list[str] = []
@@ -147,7 +156,6 @@ def load_for_inference(
         model = load_checkpoint(path, device="cpu" if int8 else target)
         if int8:
             quantize_int8(model)
-    tokenizer = load_tokenizer_checked(path, document, model.config.vocab_size)
     if target.type == "xpu":
         from quillgpt.optimize.devices import ipex_optimize
 
