@@ -24,10 +24,17 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
+# The demo trains the CPU preset for 5 minutes of training time (data preparation and the final
+# evaluation on the whole validation split come on top) into runs/demo, replacing an earlier demo.
+DEMO_CONFIG ?= configs/shakespeare-bpe-cpu.toml
+DEMO_TIME ?= 5m
+DEMO_DIR ?= runs/demo
+
 demo: install
-	$(BIN)/python -c "import torch; from quillgpt import DecoderLM, ModelConfig; \
-	m = DecoderLM(ModelConfig.preset('tiny')); \
-	print(m.generate(torch.zeros(1, 1, dtype=torch.long), 16, temperature=1.0, seed=0))"
+	$(BIN)/quill prepare --tokenizer bpe --vocab-size 2048
+	rm -rf $(DEMO_DIR)
+	$(BIN)/quill train --config $(DEMO_CONFIG) --max_time $(DEMO_TIME) --out_dir $(DEMO_DIR)
+	@echo "training and validation curves: $(DEMO_DIR)/loss.png"
 
 test: install lint
 	$(BIN)/python -m pytest

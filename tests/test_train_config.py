@@ -129,7 +129,7 @@ def test_command_line_overrides_the_file(capsys):
     assert code == 0
     document = json.loads(out)
     assert document["model"]["n_layer"] == 6
-    assert document["model"]["n_embd"] == 256  # from the file
+    assert document["model"]["n_embd"] == 192  # from the file
     assert document["train"]["lr"] == 1e-3 and document["train"]["max_time"] == 90.0
     assert document["train"]["gradient_checkpointing"] is True
 
@@ -152,3 +152,15 @@ def test_help_documents_every_option(capsys):
     for name in TRAIN_FIELDS + tuple(f for f in MODEL_FIELDS if f != "vocab_size"):
         assert f"--{name}" in text, name
     assert "torchrun" in text
+
+
+def test_make_demo_prepares_what_the_demo_preset_trains_on():
+    import re
+
+    makefile = (CONFIGS.parent / "Makefile").read_text()
+    demo_config = re.search(r"^DEMO_CONFIG \?= (\S+)$", makefile, re.M).group(1)
+    prepare = re.search(r"quill prepare --tokenizer (\w+) --vocab-size (\d+)", makefile)
+    sections = load_config_file(CONFIGS.parent / demo_config)
+    _, train = build_configs(sections["model"], sections["train"])
+    assert (train.tokenizer, train.tokenizer_vocab) == (prepare.group(1), int(prepare.group(2)))
+    assert train.data == "shakespeare"

@@ -298,3 +298,9 @@ def test_time_budget_ends_the_run(data, tmp_path):
     assert saved["scheduler"]["lr_lambdas"][0]["max_steps"] is not None  # fitted and saved
     weights_file = load_file(str(tmp_path / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights_file.values())
+
+
+def test_tensorboard_events_when_asked(data, tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional tensorboard package is not installed")
+    Trainer(model_config(), train_config(tmp_path, max_steps=2, tensorboard=True), data).fit()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

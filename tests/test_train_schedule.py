@@ -72,36 +72,39 @@ class FakeClock:
 def test_time_budget_fits_max_steps_to_the_measured_pace(monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(schedule_module.time, "perf_counter", clock)
-    budget = TimeBudget(100.0, skip_steps=2, min_calibration_steps=5, min_calibration_seconds=1)
+    budget = TimeBudget(
+        100.0, skip_steps=2, min_calibration_steps=5, min_calibration_seconds=1, recheck_steps=10
+    )
     estimates = []
     for step in range(40):
         clock.now += 5.0 if step == 0 else 0.5  # a slow first step (compilation), then 0.5 s
-        estimates.append(budget.observe(step, at_eval=step == 30))
+        estimates.append(budget.observe(step))
     first = next(e for e in estimates if e is not None)
     at = estimates.index(first)
     assert at == 6  # marked after step 1, then 5 measured steps
     # 5 s + 6 * 0.5 s spent at step 6; 92 s left at 0.5 s per step
     assert first == 7 + math.floor(92.0 / 0.5)
-    assert estimates[30] == pytest.approx(first, abs=1)  # the pace held: no correction
-    assert all(e is None for i, e in enumerate(estimates) if i not in (at, 30))
+    rechecks = [i for i, e in enumerate(estimates) if e is not None]
+    assert rechecks == [6, 16, 26, 36]
+    assert all(estimates[i] == pytest.approx(first, abs=1) for i in rechecks)  # steady pace
     assert not budget.expired()
     clock.now += 100
     assert budget.expired()
 
 
-def test_time_budget_corrects_at_evaluations_when_the_pace_changes(monkeypatch):
+def test_time_budget_corrects_when_the_pace_changes(monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(schedule_module.time, "perf_counter", clock)
-    budget = TimeBudget(60.0, skip_steps=1, min_calibration_steps=4, min_calibration_seconds=0)
-    first = None
-    for step in range(10):
-        clock.now += 0.5
-        first = budget.observe(step) or first
-    for step in range(10, 20):
-        clock.now += 1.0  # twice as slow (evaluations, a busy machine)
-        budget.observe(step)
-    corrected = budget.observe(20, at_eval=True)
-    assert corrected is not None and corrected < first
+    budget = TimeBudget(
+        60.0, skip_steps=1, min_calibration_steps=4, min_calibration_seconds=0, recheck_steps=5
+    )
+    estimates = []
+    for step in range(30):
+        clock.now += 0.5 if step < 10 else 1.0  # then twice as slow (a busy machine)
+        estimates.append(budget.observe(step))
+    made = [e for e in estimates if e is not None]
+    assert made[-1] < made[0]
+    assert made == sorted(made, reverse=True)
 
 
 def test_time_budget_respects_an_explicit_step_cap_and_resumed_time(monkeypatch):

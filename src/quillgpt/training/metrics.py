@@ -114,7 +114,9 @@ def plot_losses(records: list[dict[str, Any]], path: Path, *, title: str = "") -
             title = f"{title}  sample: {last['val_bpb']:.3f} bits/byte"
     finals = [r for r in records if r.get("kind") == "final_eval" and r.get("val_bpb")]
     if finals:
-        title = f"{title}, whole split: {finals[-1]['val_bpb']:.3f}"
+        final = finals[-1]
+        ax.plot([final["tokens"]], [final["val_loss"]], "*", ms=10, label="whole validation split")
+        title = f"{title}, whole split: {final['val_bpb']:.3f}"
     ax.set_title(title.strip())
     ax.set_xlabel("training tokens")
     ax.set_ylabel("loss (nats per token)")

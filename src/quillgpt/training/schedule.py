@@ -11,10 +11,10 @@ With a time budget (``--max_time``) the number of steps is not known in advance.
 ``max_steps`` so that the floor is reached when the budget runs out:
 
 1. until calibrated, ``max_steps`` is ``None`` and the schedule holds the peak after warm-up;
-2. after a few steps past compilation it measures the pace and fixes ``max_steps``;
-3. at each evaluation it corrects ``max_steps`` from the pace measured so far, which by then
-   includes evaluation and checkpoint time (corrections move the cosine by a fraction of a
-   percent, not a visible jump).
+2. after a few steps past compilation it measures the pace and sets ``max_steps``;
+3. every few steps it corrects ``max_steps`` from the average pace since the first measurement,
+   which includes evaluations, checkpoints and any slowdown of a shared machine (a correction
+   moves the cosine by a fraction of a percent, not a visible jump).
 
 The decision is made on rank 0 and shared with all ranks, and stored with the scheduler, so a
 resume continues with the saved ``max_steps``.
@@ -94,8 +94,9 @@ class TimeBudget:
         elapsed: training seconds already spent (a resumed run).
         skip_steps: steps ignored before the pace is measured (compilation, allocator warm-up).
         min_calibration_steps: steps measured before the first estimate.
-        min_calibration_seconds: seconds measured before the first estimate (capped at 2% of the
-            budget so short budgets still calibrate early).
+        min_calibration_seconds: seconds measured before the first estimate (capped at 5% of the
+            budget, so short budgets still calibrate early).
+        recheck_steps: after calibration, re-estimate every this many steps.
         step_cap: an explicit ``max_steps`` that the estimate never exceeds.
     """
 
@@ -104,23 +105,30 @@ class TimeBudget:
         max_time: float | None,
         *,
         elapsed: float = 0.0,
-        skip_steps: int = 3,
+        skip_steps: int = 5,
         min_calibration_steps: int = 10,
-        min_calibration_seconds: float = 10.0,
+        min_calibration_seconds: float = 15.0,
+        recheck_steps: int = 10,
         step_cap: int | None = None,
     ) -> None:
         self.max_time = max_time
         self.skip_steps = skip_steps
         self.min_calibration_steps = min_calibration_steps
         self.min_calibration_seconds = (
-            min(min_calibration_seconds, 0.02 * max_time) if max_time else min_calibration_seconds
+            min(min_calibration_seconds, 0.05 * max_time) if max_time else min_calibration_seconds
         )
+        self.recheck_steps = recheck_steps
         self.step_cap = step_cap
         self._offset = elapsed
         self._start = time.perf_counter()
         self._steps_seen = 0
         self._mark: tuple[int, float] | None = None
-        self.calibrated = False
+        self._calibrated_at: int | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the first estimate has been made."""
+        return self._calibrated_at is not None
 
     def elapsed(self) -> float:
         """Training seconds spent so far, including those before a resume."""
@@ -130,11 +138,13 @@ class TimeBudget:
         """Whether the budget has run out."""
         return self.max_time is not None and self.elapsed() >= self.max_time
 
-    def observe(self, step: int, *, at_eval: bool = False) -> int | None:
+    def observe(self, step: int) -> int | None:
         """Record that optimiser step ``step`` (0-based) finished; maybe return a new max_steps.
 
-        Returns a step count when the first calibration completes, or at an evaluation
-        (``at_eval=True``) once calibrated; ``None`` otherwise or without a budget.
+        Returns a step count when the first calibration completes and then every
+        ``recheck_steps`` steps; ``None`` otherwise, and always without a budget. The pace is the
+        average since the mark (after the skipped steps), so evaluations and checkpoints are in
+        it, while compilation is not.
         """
         if self.max_time is None:
             return None
@@ -146,15 +156,15 @@ class TimeBudget:
             return None
         mark_step, mark_time = self._mark
         measured_steps = step - mark_step
-        if not self.calibrated:
+        if self._calibrated_at is None:
             enough = (
                 measured_steps >= self.min_calibration_steps
                 and now - mark_time >= self.min_calibration_seconds
             )
             if not enough:
                 return None
-            self.calibrated = True
-        elif not at_eval:
+            self._calibrated_at = step
+        elif (step - self._calibrated_at) % self.recheck_steps != 0:
             return None
         pace = (now - mark_time) / measured_steps
         remaining = max(0.0, self.max_time - self.elapsed())

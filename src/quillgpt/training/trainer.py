@@ -38,6 +38,7 @@ import os
 import random
 import shutil
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -302,7 +303,7 @@ class Trainer:
         self._log(f"resumed {self.run_dir} at step {self.step} ({self.tokens:,} tokens)")
 
     def _write_config(self) -> None:
-        """Write ``config.json`` and ``tokenizer.json`` first; sweep away killed writes' leftovers."""
+        """Write ``config.json`` and ``tokenizer.json``; sweep away leftovers of killed writes."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in [*self.run_dir.glob(".*.tmp"), *self.run_dir.glob(f"{BEST_DIR}/.*.tmp")]:
             stale.unlink(missing_ok=True)  # a half-written file of a process that was killed
@@ -379,11 +380,14 @@ class Trainer:
                     if schedule.max_steps is not None and self.step >= schedule.max_steps:
                         stopped = "max_steps"
                         break
+                    if budget.expired():  # a resumed run whose budget was already spent
+                        stopped = "max_time"
+                        break
                     loss, norm = self._optimizer_step(batches)
                     self.step += 1
                     self.tokens += self.tokens_per_step
                     eval_due = self.step % cfg.eval_interval == 0
-                    new_max = budget.observe(self.step - 1, at_eval=eval_due)
+                    new_max = budget.observe(self.step - 1)
                     flags = [float(stop.requested), float(budget.expired()), float(new_max or 0)]
                     signal_flag, expired, new_max_all = dist_utils.all_reduce_max(
                         flags, self.device
@@ -451,8 +455,10 @@ class Trainer:
         self._save(final=True)
         result = self._result(stopped)
         if self.cfg.final_eval:
+            start = time.perf_counter()
             with _preserved_rng():
                 result.final_eval = self._run_eval(full=True)
+            seconds = time.perf_counter() - start
             if self.is_main:
                 final = result.final_eval
                 self.metrics.write(
@@ -465,13 +471,14 @@ class Trainer:
                         "val_ppl": final.perplexity,
                         "val_bpb": final.bpb,
                         "val_targets": final.targets,
+                        "eval_seconds": round(seconds, 3),
                     }
                 )
                 self._plot()
                 self._log(
                     f"final: whole validation split ({final.targets:,} tokens): loss "
                     f"{final.loss:.4f}, perplexity {final.perplexity:.2f}, "
-                    f"{final.bpb:.4f} bits/byte"
+                    f"{final.bpb:.4f} bits/byte ({seconds:.0f} s, not counted in the budget)"
                 )
         self.metrics.close()
         dist_utils.barrier()
