@@ -3,7 +3,8 @@
 :func:`profile_model` runs three phases on random tokens:
 
 * **train step** -- forward, backward and an AdamW step on ``(batch_size, seq_len)`` tokens, under
-  the device's autocast policy (as ``quill train`` would run it);
+  the device's autocast policy and with the AdamW kernel ``quill train`` would pick (fused where
+  the device has it), but without ``torch.compile``, so that the operators stay visible;
 * **prefill** -- encode a ``(batch_size, prompt_len)`` prompt into a fresh KV cache;
 * **decode** -- ``decode_tokens`` single-token steps that read and extend the cache.
 
@@ -129,7 +130,11 @@ def profile_model(
     phases: dict[str, Any] = {}
 
     if train:
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        from quillgpt.training.optim import build_optimizer
+
+        optimizer = build_optimizer(  # the kernel `quill train` would use on this device
+            model, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, device=device
+        )
 
         def train_step() -> None:
             model.train()
