@@ -119,13 +119,13 @@ def matvec_rows(repeats: int) -> list[dict[str, object]]:
     return rows
 
 
-# shapes of the CPU presets in configs/ and of ModelConfig presets, for the layout-vs-size table
+# small shapes (CPU-preset sized) for the layout-vs-size table
 SIZES = {
     "tiny (2x64, V256)": dict(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=64),
-    "shakespeare-char-cpu (4x192, V~70)": dict(
+    "4x192, V70, rope": dict(
         vocab_size=70, block_size=256, n_layer=4, n_head=4, n_embd=192, pos_encoding="rope"
     ),
-    "shakespeare-bpe-cpu (4x256, V2048)": dict(
+    "4x256, V2048, rope": dict(
         vocab_size=2048, block_size=128, n_layer=4, n_head=4, n_embd=256, pos_encoding="rope"
     ),
     "small (6x384, V256)": dict(vocab_size=256, block_size=256, n_layer=6, n_head=6, n_embd=384),

@@ -6,9 +6,9 @@ time budget: only the shape and the learning rate change. A larger model learns 
 but processes fewer tokens per second, so for a fixed budget some size in between is best; the
 sweep shows where.
 
-The settings shared by every run are :data:`BASE_ARGS` (the ``shakespeare-bpe-cpu`` preset:
-built-in Shakespeare, BPE 2048, context 128, batch 32, rotary positions, no biases, tied head),
-overridable with extra ``quill train`` options. Heads are ``width / 64`` (head size 64, at least
+The settings shared by every run are :data:`BASE_ARGS` (built-in Shakespeare, BPE 2048,
+context 128, batch 32, rotary positions, no biases, tied head, cosine schedule), overridable with
+extra ``quill train`` options. Heads are ``width / 64`` (head size 64, at least
 one head); the learning rate is ``2e-3`` up to width 256 and ``2e-3 * 256 / width`` above, the
 usual shrinking of Adam's step with width (a heuristic: the rate is not tuned per size).
 
