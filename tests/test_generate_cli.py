@@ -142,3 +142,13 @@ def test_run_dir_without_weights_points_to_best(run_dir, capsys, tmp_path):
     (tmp_path / "best").symlink_to(run_dir / "best")
     code, _, err = generate(capsys, str(tmp_path), "--prompt", "a")
     assert code == 2 and "did you mean" in err
+
+
+def test_threads_option(run_dir, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr("torch.set_num_threads", calls.append)
+    code, _, _ = generate(capsys, str(run_dir), "--prompt", "a", "--max-new-tokens", "2",
+                          "--threads", "1")  # fmt: skip
+    assert code == 0 and calls == [1]
+    code, _, err = generate(capsys, str(run_dir), "--prompt", "a", "--threads", "0")
+    assert code == 2 and "--threads must be >= 1" in err

@@ -299,3 +299,17 @@ def evaluate_loaded(
             autocast=contextlib.nullcontext,
             tokens_per_byte=tokens_per_byte,
         )
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads in PyTorch; ``None`` keeps its default (one per core).
+
+    Fewer threads than cores pays off when other processes keep cores busy: each parallel
+    operation waits for its slowest thread, and a thread whose core is taken waits for a time
+    slice (see docs/devices.md, "CPU").
+    """
+    if threads is None:
+        return
+    if threads < 1:
+        raise QuillError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)

@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batches", type=int, default=None, help="stop after this many batches (default: all)"
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: one per core; use fewer when other jobs keep cores busy)",
+    )
+    parser.add_argument(
         "--device",
         default="auto",
         help=f"{'|'.join(DEVICE_CHOICES)}, or cuda:N / xpu:N (default: auto)",
@@ -54,8 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the figures; return 0."""
     from quillgpt.errors import QuillError
-    from quillgpt.inference import evaluate_loaded, load_for_inference, open_eval_data
+    from quillgpt.inference import evaluate_loaded, load_for_inference, open_eval_data, set_threads
 
+    set_threads(args.threads)
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise QuillError("--batch-size and --max-batches must be >= 1")
     loaded = load_for_inference(

@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
     parser.add_argument("--num-samples", type=int, default=1, help="default: 1")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: one per core; use fewer when other jobs keep cores busy)",
+    )
+    parser.add_argument(
         "--device",
         default="auto",
         help=f"{'|'.join(DEVICE_CHOICES)}, or cuda:N / xpu:N (default: auto)",
@@ -86,8 +92,9 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, generate ``--num-samples`` continuations to stdout; return 0."""
-    from quillgpt.inference import encode_prompt, load_for_inference, stream_text
+    from quillgpt.inference import encode_prompt, load_for_inference, set_threads, stream_text
 
+    set_threads(args.threads)
     _check(args)
     prompt = _read_prompt(args)
     loaded = load_for_inference(args.run_dir, device=args.device, quantize=args.quantize)

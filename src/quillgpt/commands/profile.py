@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-len", type=int, default=64, help="default: 64")
     parser.add_argument("--decode-tokens", type=int, default=32, help="default: 32")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: one per core; use fewer when other jobs keep cores busy)",
+    )
+    parser.add_argument(
         "--device",
         default="auto",
         help=f"{'|'.join(DEVICE_CHOICES)}, or cuda:N / xpu:N (default: auto)",
@@ -72,11 +78,13 @@ def run(args: argparse.Namespace) -> int:
 
     from quillgpt import DecoderLM, ModelConfig, load_checkpoint
     from quillgpt.errors import QuillError
+    from quillgpt.inference import set_threads
     from quillgpt.optimize.decode import prepare_for_decoding
     from quillgpt.optimize.devices import resolve_device
     from quillgpt.optimize.profile import profile_model, to_markdown
     from quillgpt.optimize.quantize import quantize_int8
 
+    set_threads(args.threads)
     if min(args.batch_size, args.prompt_len, args.decode_tokens, args.repeats, args.top) < 1:
         raise QuillError("sizes, --repeats and --top must be >= 1")
     device = resolve_device(args.device)
