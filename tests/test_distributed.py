@@ -1,8 +1,9 @@
 """Many processes through torchrun (gloo on CPU): DDP and FSDP2 match one process.
 
-Two ranks with ``batch_size`` B each see exactly the windows that one process with ``2B`` sees
-(the sampler deals each global batch across ranks), and DDP averages their gradients, so after
-a few steps the weights equal the one-process run's up to fp32 rounding. FSDP2 shards parameters,
+Two ranks accumulating 2 micro-batches of B each see exactly the windows that one process with
+``4B`` sees (the sampler deals one stream of windows across ranks and micro-batches), and DDP
+averages their gradients, so after a few steps the weights equal the one-process run's up to fp32
+rounding. FSDP2 shards parameters,
 gradients and optimiser state, and must land in the same place.
 """
 
@@ -52,7 +53,9 @@ def torchrun(args: list[str], log) -> int:
 def test_two_processes_equal_one_with_the_same_global_batch(data, reference, tmp_path, parallel):
     expected, expected_metrics = reference
     run = tmp_path / "run"
-    args = cli_args(data, run, batch_size=4, parallel=parallel, **SETTINGS)
+    # 2 ranks x 2 micro-batches of 2 = 8 sequences a step: accumulation skips the gradient
+    # all-reduce on the first micro-batch (DDP no_sync / FSDP set_requires_gradient_sync)
+    args = cli_args(data, run, batch_size=2, grad_accum=2, parallel=parallel, **SETTINGS)
     code = torchrun(args, tmp_path / "log.txt")
     output = (tmp_path / "log.txt").read_text()
     assert code == 0, output[-4000:]
