@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,14 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, tiny_config, monk
     loaded = load_checkpoint(tmp_path)
     assert torch.equal(loaded.tok_emb.weight, first.tok_emb.weight)
     assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+
+
+def test_checkpoint_files_are_readable_like_ordinary_files(tmp_path, tiny_config):
+    save_checkpoint(DecoderLM(tiny_config), tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_tokenizer_is_saved_beside_the_weights(tmp_path, tiny_config):

@@ -31,6 +31,8 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 _CONFIG_METADATA_KEY = "quillgpt_model_config"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -38,6 +40,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
     The temporary file lives in the destination directory (a rename is only atomic within one
     file system). If ``write`` raises, the temporary file is removed and ``path`` is untouched.
+    The result gets the permissions of an ordinary new file (``0o666`` less the umask), not the
+    owner-only mode that ``mkstemp`` gives its temporary files.
     """
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -47,6 +51,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -60,7 +60,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if not available:
         hint = {
             "cuda": "install a CUDA build of torch and check nvidia-smi",
-            "xpu": "install torch with XPU support and Intel's GPU driver (see docs/training.md)",
+            "xpu": "install torch with XPU support and Intel's GPU driver (see docs/devices.md)",
             "mps": "MPS needs Apple silicon and macOS 12.3+",
         }[kind]
         raise QuillError(f"device {name!r} was requested but is not available: {hint}")
