@@ -89,9 +89,27 @@ def save_checkpoint(
     config_json = json.dumps(model.config.to_dict(), sort_keys=True)
     metadata = {"format": "pt", _CONFIG_METADATA_KEY: config_json}
     document = {"model": model.config.to_dict(), **(extra_config or {})}
+    write_checkpoint_files(path, state, metadata, document, tokenizer)
+    return path
+
+
+def write_checkpoint_files(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    document: dict[str, Any],
+    tokenizer: Any = None,
+) -> None:
+    """Write ``model.safetensors``, ``config.json`` and the tokenizer into ``path``, atomically.
+
+    Shared by fp32 and quantized checkpoints. ``tokenizer`` is as in :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: if the directory cannot be written (the previous files are kept).
+    """
     try:
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata))
+        atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata))
         atomic_write_text(path / CONFIG_FILE, json.dumps(document, indent=2) + "\n")
         if tokenizer is not None:
             if isinstance(tokenizer, (str, Path)):
@@ -104,7 +122,6 @@ def save_checkpoint(
             f"could not write checkpoint to {path}: {exc.strerror or exc}; "
             "free disk space or fix permissions (the previous checkpoint is unchanged)"
         ) from exc
-    return path
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -18,13 +18,14 @@ import json
 import sys
 import time
 
+from quillgpt.commands import add_runtime_arguments
+
 HELP = "validation loss, perplexity and bits per byte of a checkpoint (fp32 or int8)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``quill eval``."""
     from quillgpt.inference import QUANTIZE_CHOICES
-    from quillgpt.optimize.devices import DEVICE_CHOICES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Examples::", 1)[1].rstrip()
@@ -42,17 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-batches", type=int, default=None, help="stop after this many batches (default: all)"
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads (default: one per core; use fewer when other jobs keep cores busy)",
-    )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help=f"{'|'.join(DEVICE_CHOICES)}, or cuda:N / xpu:N (default: auto)",
-    )
+    add_runtime_arguments(parser)
     parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
 

@@ -17,13 +17,14 @@ import argparse
 import sys
 import time
 
+from quillgpt.commands import add_runtime_arguments
+
 HELP = "stream text from a checkpoint (sampling options, int8, any device)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``quill generate``."""
     from quillgpt.inference import QUANTIZE_CHOICES
-    from quillgpt.optimize.devices import DEVICE_CHOICES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Examples::", 1)[1].rstrip()
@@ -43,17 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
     parser.add_argument("--num-samples", type=int, default=1, help="default: 1")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads (default: one per core; use fewer when other jobs keep cores busy)",
-    )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help=f"{'|'.join(DEVICE_CHOICES)}, or cuda:N / xpu:N (default: auto)",
-    )
+    add_runtime_arguments(parser)
     parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES)
     parser.add_argument(
         "--no-stop",

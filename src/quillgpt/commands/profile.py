@@ -17,6 +17,8 @@ import copy
 import json
 import sys
 
+from quillgpt.commands import add_runtime_arguments
+
 HELP = "profile a training step, prefill and decoding: top operators, memory, trace"
 
 
@@ -24,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``quill profile``."""
     from quillgpt.config import MODEL_PRESETS
     from quillgpt.inference import QUANTIZE_CHOICES
-    from quillgpt.optimize.devices import DEVICE_CHOICES, PRECISION_CHOICES
+    from quillgpt.optimize.devices import PRECISION_CHOICES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Examples::", 1)[1].rstrip()
@@ -41,17 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=None, help="training sequence length")
     parser.add_argument("--prompt-len", type=int, default=64, help="default: 64")
     parser.add_argument("--decode-tokens", type=int, default=32, help="default: 32")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads (default: one per core; use fewer when other jobs keep cores busy)",
-    )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help=f"{'|'.join(DEVICE_CHOICES)}, or cuda:N / xpu:N (default: auto)",
-    )
+    add_runtime_arguments(parser)
     parser.add_argument(
         "--precision", default="auto", choices=PRECISION_CHOICES, help="of the training step"
     )

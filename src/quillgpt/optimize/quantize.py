@@ -40,16 +40,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from quillgpt.checkpoint import (
-    CONFIG_FILE,
-    TOKENIZER_FILE,
     WEIGHTS_FILE,
-    atomic_write,
-    atomic_write_text,
     read_config,
+    write_checkpoint_files,
 )
 from quillgpt.config import ModelConfig
 from quillgpt.errors import CheckpointError, QuillError
@@ -296,18 +292,7 @@ def save_quantized(
         tensors[name] = tensor.detach().contiguous()
     document = {"model": model.config.to_dict(), **(extra_config or {}), "quantization": info}
     metadata = {"format": "pt", "quillgpt_quantization": json.dumps(info, sort_keys=True)}
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata))
-        atomic_write_text(path / CONFIG_FILE, json.dumps(document, indent=2) + "\n")
-        if tokenizer is not None:
-            if isinstance(tokenizer, (str, Path)):
-                text = Path(tokenizer).read_text(encoding="utf-8")
-                atomic_write_text(path / TOKENIZER_FILE, text)
-            else:
-                atomic_write(path / TOKENIZER_FILE, lambda tmp: tokenizer.save(str(tmp)))
-    except OSError as exc:
-        raise CheckpointError(f"could not write {path}: {exc.strerror or exc}") from exc
+    write_checkpoint_files(path, tensors, metadata, document, tokenizer)
     return path
 
 
