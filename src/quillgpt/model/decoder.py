@@ -14,6 +14,7 @@ from quillgpt.config import ModelConfig
 from quillgpt.generation import generate_stream
 from quillgpt.model.attention import causal_mask
 from quillgpt.model.block import DecoderBlock
+from quillgpt.model.dropout import Dropout
 from quillgpt.model.embedding import TokenEmbedding
 from quillgpt.model.kv_cache import KVCache
 from quillgpt.model.positional import (
@@ -58,7 +59,7 @@ class DecoderLM(nn.Module):
             self.pos_emb = SinusoidalPositionalEncoding(config.block_size, config.n_embd)
         else:
             self.rotary = RotaryEmbedding(config.block_size, config.head_size, config.rope_base)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quillgpt.config import ModelConfig
+from quillgpt.model.dropout import Dropout
 
 
 class FeedForward(nn.Module):
@@ -24,7 +25,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc = nn.Linear(config.n_embd, config.ffn_hidden, bias=config.bias)
         self.proj = nn.Linear(config.ffn_hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
