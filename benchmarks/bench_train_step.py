@@ -3,7 +3,8 @@
 One step = forward + backward + AdamW step in fp32 on random tokens. Every contender uses the same
 optimizer (torch AdamW, fused where the device has it, as the trainer does), so the comparison is
 about the models. Contenders are timed alternately in one process after warm-up; medians are
-reported. Three comparisons come out of four contenders:
+reported, as the ratio of medians and, to show the noise, the interquartile range of the ratios of
+back-to-back steps. Three comparisons come out of four contenders:
 
 - ``defaults``: quillgpt's default ``ModelConfig`` (dropout 0) against ``GPT2Config``'s defaults
   (dropout 0.1), both built with nothing but the shape;
@@ -70,6 +71,11 @@ def make_step(
     return step
 
 
+def quantile(sorted_values: list[float], q: float) -> float:
+    """The ``q`` quantile of already sorted values (nearest rank)."""
+    return sorted_values[round(q * (len(sorted_values) - 1))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -111,12 +117,19 @@ def main() -> None:
         tok_s = {name: B * T / median(ts) for name, ts in times.items()}
         for name, value in tok_s.items():
             row[f"{name}_tok_s"] = round(value)
-        row["defaults_ratio"] = tok_s["quillgpt"] / tok_s["hf_default"]
-        row["dropout0_ratio"] = tok_s["quillgpt"] / tok_s["hf_nodropout"]
-        row["dropout0.1_ratio"] = tok_s["quillgpt_dropout"] / tok_s["hf_default"]
+        comparisons = {
+            "defaults": ("quillgpt", "hf_default"),
+            "dropout0": ("quillgpt", "hf_nodropout"),
+            "dropout0.1": ("quillgpt_dropout", "hf_default"),
+        }
         if "quillgpt_compiled" in tok_s:
-            row["compiled_defaults_ratio"] = tok_s["quillgpt_compiled"] / tok_s["hf_default"]
-            row["compiled_dropout0_ratio"] = tok_s["quillgpt_compiled"] / tok_s["hf_nodropout"]
+            comparisons["compiled_defaults"] = ("quillgpt_compiled", "hf_default")
+            comparisons["compiled_dropout0"] = ("quillgpt_compiled", "hf_nodropout")
+        for label, (ours, theirs) in comparisons.items():
+            row[f"{label}_ratio"] = tok_s[ours] / tok_s[theirs]
+            paired = sorted(t / o for o, t in zip(times[ours], times[theirs], strict=True))
+            low, high = quantile(paired, 0.25), quantile(paired, 0.75)
+            row[f"{label}_paired_iqr"] = f"{low:.2f}-{high:.2f}"
         if compile_s is not None:
             row["compile_s"] = compile_s
         rows.append(row)
