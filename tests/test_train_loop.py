@@ -292,7 +292,7 @@ def test_resume_refuses_another_model_or_tokenizer(data, tmp_path, tmp_path_fact
 def test_time_budget_ends_the_run(data, tmp_path):
     cfg = train_config(tmp_path, max_steps=None, max_time=2.0, eval_interval=1000)
     result = Trainer(model_config(), cfg, data).fit()
-    assert result.stopped in ("max_time", "max_steps")
+    assert result.stopped == "max_time"  # the schedule's fitted last step, or the clock
     assert result.step > 10
     saved = load_train_state(tmp_path)
     assert saved["scheduler"]["lr_lambdas"][0]["max_steps"] is not None  # fitted and saved

@@ -12,19 +12,31 @@ held-out work, so successive evaluations are comparable and cheap. Its bits per 
 split's average bytes per target token: ``mean nats per target * (tokens - 1) / bytes / ln 2``.
 After training the **whole split** is evaluated (every token after the first is a target exactly
 once): that is the figure to report.
+
+:func:`evaluate_model` evaluates any model on a split the same way, outside a training run::
+
+    result = evaluate_model(load_checkpoint("runs/x"), data)
+    print(result.loss, result.perplexity, result.bpb)
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from quillgpt.training.distributed import all_reduce_max, all_reduce_sum
+
+if TYPE_CHECKING:
+    from quillgpt.data import PreparedData
+    from quillgpt.model import DecoderLM
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -123,3 +135,75 @@ def evaluate(
         bpb=loss / math.log(2) * tokens_per_byte,
         targets=int(total_targets),
     )
+
+
+def evaluate_model(
+    model: DecoderLM,
+    data: PreparedData,
+    *,
+    split: str = "validation",
+    batch_size: int = 8,
+    max_batches: int | None = None,
+) -> EvalResult:
+    """Loss, perplexity and bits per byte of ``model`` on ``split`` of prepared ``data``.
+
+    The split is cut into consecutive windows of the model's ``block_size``
+    (:func:`quillgpt.data.make_eval_loader`), so every token but the first is a target exactly
+    once: on the validation split, with the training batch size, this is the trainer's final
+    whole-split evaluation (``TrainResult.final_eval``). ``max_batches`` stops early; bits per
+    byte then uses the split's average bytes per target token.
+
+    The model runs where its parameters are, in its own dtype, in eval mode (its mode is
+    restored afterwards) and without gradients. Under ``torchrun`` every process must call it:
+    each evaluates its share of the windows and the figures are summed over all of them.
+
+    Example::
+
+        data = prepare_data("shakespeare", tokenizer="char")
+        result = evaluate_model(load_checkpoint("runs/x"), data, max_batches=50)
+        print(f"{result.loss:.3f} nats/token, {result.bpb:.3f} bits/byte")
+
+    Args:
+        model: a :class:`~quillgpt.DecoderLM` (fp32 or quantized): ``idx (B, T)`` to logits
+            ``(B, T, V)``.
+        data: a prepared corpus (:func:`quillgpt.data.prepare_data`) tokenized with the
+            model's tokenizer.
+        split: ``"validation"`` or ``"train"``.
+        batch_size: windows per forward pass.
+        max_batches: evaluate only the first this many batches (``None``: the whole split).
+
+    Returns:
+        An :class:`EvalResult`: ``loss`` (nats per target token), ``perplexity``, ``bpb`` and
+        the number of ``targets``.
+
+    Raises:
+        ValueError: if the model's vocabulary is smaller than the tokenizer's, or
+            ``max_batches`` is not positive.
+        quillgpt.errors.DataError: for an unknown split, or one shorter than ``block_size + 1``.
+    """
+    from quillgpt.data import make_eval_loader
+
+    vocab_size = model.config.vocab_size
+    if vocab_size < data.vocab_size:
+        raise ValueError(
+            f"the model has {vocab_size} token ids but the tokenizer of {data.directory} has "
+            f"{data.vocab_size}; evaluate on data prepared with the model's own tokenizer"
+        )
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be positive (or None for all), got {max_batches}")
+    loader = make_eval_loader(data, model.config.block_size, batch_size, split=split)
+    batches = loader if max_batches is None else itertools.islice(loader, max_batches)
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        return evaluate(
+            lambda x: model(x)[0],
+            batches,
+            device=device,
+            autocast=contextlib.nullcontext,
+            tokens_per_byte=(data.num_tokens(split) - 1) / data.num_bytes(split),
+        )
+    finally:
+        model.train(was_training)

@@ -88,8 +88,10 @@ class TrainResult:
         step: optimiser steps completed.
         tokens: training tokens processed (all ranks).
         elapsed: training seconds (the budget's clock: the final evaluation is not included).
-        stopped: why the loop ended: ``max_steps``, ``max_time``, ``SIGINT``, ``SIGTERM`` or
-            ``nonfinite``.
+        stopped: why the loop ended: ``max_steps`` (the configured step count was reached),
+            ``max_time`` (the time budget is spent: the last step of the schedule fitted to it
+            was reached, or the clock ran out first), ``SIGINT`` or ``SIGTERM`` (a resumable
+            interruption). (Too many non-finite steps raise :class:`NonFiniteError` instead.)
         last_eval: the last evaluation on the fixed validation sample, if any.
         final_eval: the evaluation on the whole validation split, if run.
         best_val_loss: lowest validation loss on the sample.
@@ -125,33 +127,54 @@ class Trainer:
         trainer = Trainer(ModelConfig.preset("mini"), TrainConfig(max_time=300), data)
         result = trainer.fit()
 
+        # or train a model you built or loaded yourself (in place):
+        model = load_checkpoint("runs/pretrained")
+        result = Trainer(None, TrainConfig(out_dir="runs/tuned", max_steps=200), data,
+                         model=model).fit()
+
     Args:
-        model_config: the model's shape; ``vocab_size`` is replaced by the tokenizer's.
+        model_config: the model's shape; ``vocab_size`` is replaced by the tokenizer's. May be
+            ``None`` when ``model`` is given (its ``config`` is used).
         train_config: everything else.
         data: a prepared corpus (:func:`quillgpt.data.prepare_data`).
+        model: train this :class:`~quillgpt.DecoderLM` instead of building a fresh one from
+            ``model_config``. It is trained in place: moved to the training device, switched to
+            training mode, and left holding the final weights. Its ``config`` must agree with
+            ``model_config`` (if given) and its ``vocab_size`` with the tokenizer of ``data``;
+            its parameters must be fp32 (``precision`` sets mixed precision). Under ``torchrun``
+            every process must pass the same weights.
         resume: continue the run in ``train_config.out_dir`` from its ``train_state.pt``. The
-            model configuration and the tokenizer must match the checkpoint's.
+            model configuration and the tokenizer must match the checkpoint's. With ``model``,
+            the checkpoint's weights are loaded into it.
         log: where progress lines go (rank 0 only); default stderr.
         compile_backend: ``torch.compile`` backend (default inductor); tests use it to
             exercise the fallback to eager.
 
     Raises:
+        ValueError: if ``model`` cannot be trained as configured (the message says what to
+            change), or neither ``model_config`` nor ``model`` is given.
         QuillError: (or a subclass) for anything the user can fix: an existing run directory
             without ``--resume``, a mismatching checkpoint, an unavailable device.
     """
 
     def __init__(
         self,
-        model_config: ModelConfig,
+        model_config: ModelConfig | None,
         train_config: TrainConfig,
         data: PreparedData,
         *,
+        model: DecoderLM | None = None,
         resume: bool = False,
         log: Callable[[str], None] | None = None,
         compile_backend: str | Callable[..., Any] = "inductor",
     ) -> None:
         self.cfg = train_config
         self.data = data
+        if model is not None:
+            _check_given_model(model, data, model_config)
+            model_config = model.config
+        elif model_config is None:
+            raise ValueError("Trainer needs a model_config, or a model to train (model=...)")
         self.model_config = dataclasses.replace(model_config, vocab_size=data.vocab_size)
         self.run_dir = Path(train_config.out_dir)
         self._log_fn = log
@@ -171,7 +194,9 @@ class Trainer:
         state = self._check_run_dir(resume)
         self.precision = Precision.for_device(self.device, train_config.precision)
         self._seed_everything(train_config.seed)
-        self.model = DecoderLM(self.model_config).to(self.device)
+        if model is None:
+            model = DecoderLM(self.model_config)
+        self.model = model.to(self.device).train()
         self.model.gradient_checkpointing = train_config.gradient_checkpointing
         self.wrapped = self._wrap(self.model)
         self.optimizer = build_optimizer(
@@ -378,7 +403,7 @@ class Trainer:
             with GracefulStop() as stop:
                 while True:
                     if schedule.max_steps is not None and self.step >= schedule.max_steps:
-                        stopped = "max_steps"
+                        stopped = self._steps_reason()
                         break
                     if budget.expired():  # a resumed run whose budget was already spent
                         stopped = "max_time"
@@ -431,6 +456,16 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return self._finish(stopped, budget)
+
+    def _steps_reason(self) -> str:
+        """Why the loop reached the schedule's ``max_steps``: ``max_steps`` or ``max_time``.
+
+        With a time budget the schedule's ``max_steps`` is fitted to the budget (and capped by
+        an explicit ``max_steps``): reaching it means the time is up, unless it is the cap.
+        """
+        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
+            return "max_steps"
+        return "max_time" if self.cfg.max_time is not None else "max_steps"
 
     def _finish(self, stopped: str, budget: TimeBudget) -> TrainResult:
         """Final evaluation, checkpoint, plot and summary for each way the loop can end."""
@@ -838,12 +873,89 @@ def _compile_pays_off(device: torch.device) -> bool:
     return False
 
 
+def _check_given_model(
+    model: nn.Module, data: PreparedData, model_config: ModelConfig | None = None
+) -> None:
+    """Check that ``model`` can be trained on ``data`` (and is the one ``model_config`` describes).
+
+    Args:
+        model: the model to train.
+        data: the prepared corpus it is to be trained on.
+        model_config: the configuration it was given with, if any; ``vocab_size`` is not
+            compared (the trainer takes it from the tokenizer).
+
+    Raises:
+        ValueError: naming what to change: not a plain :class:`~quillgpt.DecoderLM` (compiled,
+            wrapped or quantized), a ``vocab_size`` other than the tokenizer's, a configuration
+            that differs from ``model_config``, or parameters that are not fp32.
+    """
+    if not isinstance(model, DecoderLM):
+        raise ValueError(
+            f"model must be a quillgpt DecoderLM, got {type(model).__name__}; pass the plain "
+            "model (not torch.compile'd or DDP-wrapped: set TrainConfig.compile and run under "
+            "torchrun instead)"
+        )
+    if getattr(model, "quantization", None):
+        raise ValueError(
+            "model is int8-quantized and cannot be trained; train the fp32 model (e.g. "
+            "load_checkpoint of the run it came from) and quantize afterwards"
+        )
+    config = model.config
+    if config.vocab_size != data.vocab_size:
+        raise ValueError(
+            f"model.config.vocab_size is {config.vocab_size} but the tokenizer of "
+            f"{data.directory} has {data.vocab_size} tokens; build the model with "
+            f"ModelConfig(vocab_size={data.vocab_size}, ...) or prepare the data with the "
+            "model's own tokenizer"
+        )
+    if model_config is not None:
+        given = dataclasses.replace(model_config, vocab_size=config.vocab_size).to_dict()
+        actual = config.to_dict()
+        diff = sorted(k for k in given.keys() | actual.keys() if given.get(k) != actual.get(k))
+        if diff:
+            details = ", ".join(f"{k}={actual.get(k)!r} (config: {given.get(k)!r})" for k in diff)
+            raise ValueError(
+                f"the model does not match model_config: {details}; pass model.config (or "
+                "None) as model_config"
+            )
+    wrong = sorted(
+        {str(p.dtype) for p in model.parameters() if p.is_floating_point()} - {"torch.float32"}
+    )
+    if wrong:
+        raise ValueError(
+            f"the model has {', '.join(wrong)} parameters; train fp32 parameters (model.float()) "
+            "and set TrainConfig.precision (bf16, fp16) for mixed precision"
+        )
+
+
 def train(
-    model_config: ModelConfig,
+    model_config: ModelConfig | None,
     train_config: TrainConfig,
     data: PreparedData,
     *,
+    model: DecoderLM | None = None,
     resume: bool = False,
 ) -> TrainResult:
-    """Build a :class:`Trainer` and run it; a shortcut for scripts and notebooks."""
-    return Trainer(model_config, train_config, data, resume=resume).fit()
+    """Build a :class:`Trainer` and run it; a shortcut for scripts and notebooks.
+
+    Example::
+
+        result = train(ModelConfig.preset("mini"), TrainConfig(max_time=300), data)
+        result = train(None, TrainConfig(out_dir="runs/more", max_steps=100), data, model=model)
+
+    Args:
+        model_config: the shape of a fresh model; ``None`` with ``model``.
+        train_config: everything else.
+        data: a prepared corpus (:func:`quillgpt.data.prepare_data`).
+        model: a :class:`~quillgpt.DecoderLM` to train in place instead of a fresh one (see
+            :class:`Trainer` for what it must agree with).
+        resume: continue the run in ``train_config.out_dir`` (with ``model``: into it).
+
+    Returns:
+        How the run ended (:class:`TrainResult`).
+
+    Raises:
+        ValueError: if ``model`` does not fit the data or ``model_config`` (the message says
+            what to change).
+    """
+    return Trainer(model_config, train_config, data, model=model, resume=resume).fit()
