@@ -8,7 +8,7 @@ import pytest
 
 from quillgpt.cli import main
 from quillgpt.errors import QuillError
-from quillgpt.sweep import DEFAULT_GRID, heads_for, learning_rate, parse_grid
+from quillgpt.sweep import DEFAULT_GRID, heads_for, learning_rate, parse_grid, write_report
 from train_utils import write_corpus
 
 
@@ -66,3 +66,28 @@ def test_bench_verb_lists_the_benchmarks(capfd):
     assert main(["bench", "--list"]) == 0
     out = capfd.readouterr().out
     assert "bench_decode.py" in out and "bench_quantize.py" in out
+
+
+def test_report_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    records = [
+        {"kind": "train", "tokens": 64, "loss": 3.0, "elapsed": 1.0},
+        {"kind": "eval", "tokens": 64, "val_bpb": 4.0, "elapsed": 1.0},
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    row = {"size": "1x16", "parameters": 1000, "lr": 1e-3, "tokens_per_s": 64.0, "steps": 1}
+    row |= {"tokens_seen": 64, "val_bpb": 4.0, "val_loss": 2.8, "peak_memory_mb": 1.0}
+    row["run_dir"] = str(run_dir)
+    original = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands for a notebook's inline backend: anything but Agg
+    try:
+        paths = write_report([row], tmp_path / "report", "3s")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(original)
+    for path in paths:
+        if path.suffix == ".png":
+            assert path.read_bytes().startswith(b"\x89PNG")

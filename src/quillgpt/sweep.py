@@ -182,11 +182,13 @@ def markdown(rows: Sequence[dict[str, Any]], budget: str) -> str:
 
 
 def write_report(rows: Sequence[dict[str, Any]], out: str | Path, budget: str) -> list[Path]:
-    """Write the table, the JSON and the two plots into folder ``out``; return the paths."""
-    import matplotlib
+    """Write the table, the JSON and the two plots into folder ``out``; return the paths.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The plots are drawn on :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas,
+    never through ``pyplot``: the global backend (and a notebook's inline plots) stay untouched.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,7 +196,9 @@ def write_report(rows: Sequence[dict[str, Any]], out: str | Path, budget: str) -
     table.write_text(markdown(rows, budget), encoding="utf-8")
     data.write_text(json.dumps({"budget": budget, "rows": list(rows)}, indent=2) + "\n")
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     params = [r["parameters"] for r in rows]
     ax.plot(params, [r["val_bpb"] for r in rows], "o-")
     for r in rows:
@@ -208,9 +212,10 @@ def write_report(rows: Sequence[dict[str, Any]], out: str | Path, budget: str) -
     fig.tight_layout()
     bpb_plot = out / "sweep_bpb.png"
     fig.savefig(bpb_plot, dpi=120)
-    plt.close(fig)
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
     for r in rows:
         records = [
             json.loads(line)
@@ -230,5 +235,4 @@ def write_report(rows: Sequence[dict[str, Any]], out: str | Path, budget: str) -
     fig.tight_layout()
     curves = out / "sweep_curves.png"
     fig.savefig(curves, dpi=120)
-    plt.close(fig)
     return [table, data, bpb_plot, curves]
