@@ -13,7 +13,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+ConfigT = TypeVar("ConfigT")
 
 PosEncoding = Literal["learned", "sinusoidal", "rope"]
 AttentionImpl = Literal["sdpa", "reference"]
@@ -128,13 +130,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build a config from a dict, rejecting unknown keys with the list of valid ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown ModelConfig field(s) {unknown}; valid fields are {sorted(known)}"
-            )
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
     def to_json(self, path: str | Path) -> None:
         """Write the configuration to ``path`` as indented JSON."""
@@ -146,6 +142,21 @@ class ModelConfig:
         if name not in MODEL_PRESETS:
             raise ValueError(f"unknown model preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
         return cls.from_dict({**MODEL_PRESETS[name], **overrides})
+
+
+def dataclass_from_dict(cls: type[ConfigT], data: dict[str, Any]) -> ConfigT:
+    """Build the dataclass ``cls`` from ``data``, rejecting unknown keys with the valid ones.
+
+    A typo in a config file (``n_layers`` for ``n_layer``) then fails loudly instead of being
+    silently ignored.
+    """
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {cls.__name__} field(s) {unknown}; valid fields are {sorted(known)}"
+        )
+    return cls(**data)
 
 
 def _nearest_divisor(n: int, target: int) -> int:

@@ -277,27 +277,15 @@ def evaluate_loaded(
 ) -> Any:
     """Loss, perplexity and bits per byte of ``loaded`` on ``split`` of prepared ``data``.
 
-    Every token of the split but the first is a target exactly once (consecutive windows of
-    ``block_size``); ``max_batches`` stops early, and bits per byte then uses the split's average
-    bytes per token. Returns a :class:`quillgpt.training.evaluate.EvalResult`.
+    :func:`quillgpt.training.evaluate_model` under ``torch.inference_mode``: every token of the
+    split but the first is a target exactly once; ``max_batches`` stops early. Returns a
+    :class:`quillgpt.training.evaluate.EvalResult`.
     """
-    import contextlib
-    import itertools
+    from quillgpt.training.evaluate import evaluate_model
 
-    from quillgpt.data import make_eval_loader
-    from quillgpt.training.evaluate import evaluate
-
-    model = loaded.model
-    loader = make_eval_loader(data, model.config.block_size, batch_size, split=split)
-    batches = loader if max_batches is None else itertools.islice(loader, max_batches)
-    tokens_per_byte = (data.num_tokens(split) - 1) / data.num_bytes(split)
     with torch.inference_mode():
-        return evaluate(
-            lambda x: model(x)[0],
-            batches,
-            device=loaded.device,
-            autocast=contextlib.nullcontext,
-            tokens_per_byte=tokens_per_byte,
+        return evaluate_model(
+            loaded.model, data, split=split, batch_size=batch_size, max_batches=max_batches
         )
 
 

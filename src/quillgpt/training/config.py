@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from quillgpt.config import MODEL_PRESETS, ModelConfig
+from quillgpt.config import MODEL_PRESETS, ModelConfig, dataclass_from_dict
 from quillgpt.errors import QuillError
 
 SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
@@ -237,13 +237,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build a config from a dict, rejecting unknown keys with the list of valid ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown TrainConfig field(s) {unknown}; valid fields are {sorted(known)}"
-            )
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 def _check_types(obj: Any) -> None:
