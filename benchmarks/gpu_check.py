@@ -3,7 +3,8 @@
 On a CUDA machine::
 
     python benchmarks/gpu_check.py                      # checks + GPT-2 124M training MFU
-    python benchmarks/gpu_check.py --steps 300 --batch-size 16 --peak-tflops 989
+    python benchmarks/gpu_check.py --steps 300 --batch-size 16,32 --peak-tflops 989
+    python benchmarks/gpu_check.py --skip-pytest --batch-size 32 --vocab-multiple 64
 
 1. **Checks** of the CUDA paths the CPU test suite cannot reach, on a small model: fp16 autocast
    with a gradient scaler, bf16 autocast, gradient checkpointing (same gradients as without),
@@ -12,11 +13,12 @@ On a CUDA machine::
    (``pytest -k cuda``).
 2. **Training throughput** of the ``gpt2`` preset (124M parameters, context 1024): bf16 autocast,
    PyTorch's fused attention (flash), ``torch.compile``, fused AdamW, random tokens, ``--steps``
-   timed steps after ``--warmup`` (compilation) steps. Reported: tokens/s and MFU, the achieved
-   share of the card's dense bf16 peak (H100 SXM: 989 TFLOP/s), with training FLOPs per token
-   ``6 N + 12 L T C`` where ``N`` counts every weight matrix multiplied per token, the output
-   head included (a tied head is the embedding matrix, used as a matmul). The same figure with
-   ``N`` without the head (the non-embedding count) is reported alongside.
+   timed steps after ``--warmup`` (compilation) steps, once per ``--batch-size`` (a row each;
+   ``--vocab-multiple 64`` pads the vocabulary as nanoGPT does). Reported: tokens/s and MFU,
+   the achieved share of the card's dense bf16 peak (H100 SXM: 989 TFLOP/s), with training FLOPs
+   per token ``6 N + 12 L T C`` where ``N`` counts every weight matrix multiplied per token, the
+   output head included (a tied head is the embedding matrix, used as a matmul). The same figure
+   with ``N`` without the head (the non-embedding count) is reported alongside.
 
 ``--dry-run`` runs everything on the CPU at toy sizes (no compile, no pytest): it proves the
 script works where no GPU is present, and is what the test suite runs.
@@ -225,6 +227,9 @@ def run_cuda_tests(timeout: int) -> dict[str, object]:
 def train_throughput(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
     torch.manual_seed(0)
     config = ModelConfig.preset(args.preset, dropout=0.0)
+    if args.vocab_multiple > 1:
+        padded = -(-config.vocab_size // args.vocab_multiple) * args.vocab_multiple
+        config = ModelConfig.preset(args.preset, dropout=0.0, vocab_size=padded)
     seq_len = config.block_size
     model = DecoderLM(config).to(device)
     precision = Precision.for_device(device, "bf16" if device.type == "cuda" else "auto")
@@ -264,6 +269,7 @@ def train_throughput(args: argparse.Namespace, device: torch.device) -> dict[str
     achieved_no_head = flops_per_token(model, seq_len, with_head=False) * tokens_per_s
     return {
         "preset": args.preset,
+        "vocab_size": config.vocab_size,
         "parameters": model.num_parameters(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": precision.name,
@@ -288,7 +294,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: test the script")
     parser.add_argument("--preset", default=None, help="model of the MFU run (default: gpt2)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 16 (dry run 2)")
+    parser.add_argument(
+        "--batch-size",
+        default=None,
+        help="one or more, comma-separated: a row each (default: 16,32; dry run 2)",
+    )
+    parser.add_argument(
+        "--vocab-multiple",
+        type=int,
+        default=1,
+        help="pad the vocabulary to a multiple of this (nanoGPT uses 64: faster matmuls)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 300)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 30)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's bf16 peak")
@@ -302,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device("cpu" if dry else "cuda")
     args.preset = args.preset or ("tiny" if dry else "gpt2")
-    args.batch_size = args.batch_size or (2 if dry else 16)
+    batch_sizes = [int(b) for b in (args.batch_size or ("2" if dry else "16,32")).split(",")]
     args.steps = args.steps or (3 if dry else 300)
     args.warmup = args.warmup if args.warmup is not None else (1 if dry else 30)
     args.compile = (not dry) if args.compile is None else args.compile
@@ -310,19 +326,23 @@ def main(argv: list[str] | None = None) -> int:
     if not dry and not args.skip_pytest:
         checks.append(run_cuda_tests(timeout=300))
     print(markdown_table(checks))
-    training = None
-    while training is None:
-        try:
-            training = train_throughput(args, device)
-        except torch.cuda.OutOfMemoryError:
-            if args.batch_size == 1:
-                raise
-            args.batch_size //= 2
-            print(f"gpu_check: out of memory, retrying with batch size {args.batch_size}")
-        if training is None:
-            gc.collect()  # the failed attempt's tensors are free once its traceback is gone
-            torch.cuda.empty_cache()
-    emit(args.name, [training], {"checks": checks, "dry_run": dry})
+    rows = []
+    for batch_size in batch_sizes:
+        args.batch_size = batch_size
+        training = None
+        while training is None:
+            try:
+                training = train_throughput(args, device)
+            except torch.cuda.OutOfMemoryError:
+                if args.batch_size == 1:
+                    raise
+                args.batch_size //= 2
+                print(f"gpu_check: out of memory, retrying with batch size {args.batch_size}")
+            gc.collect()  # a failed attempt's tensors are free once its traceback is gone
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(training)
+    emit(args.name, rows, {"checks": checks, "dry_run": dry})
     return 0 if all(row["ok"] for row in checks) else 1
 
 

@@ -53,3 +53,11 @@ def test_flops_and_peak(gpu_check):
     assert gpu_check.flops_per_token(model, 1024, with_head=False) == 6 * non_embedding + attention
     assert gpu_check.peak_tflops(torch.device("cpu"), None) is None
     assert gpu_check.peak_tflops(torch.device("cpu"), 100.0) == 100.0
+
+
+def test_a_row_per_batch_size_and_vocabulary_padding(gpu_check, tmp_path):
+    args = ["--dry-run", "--steps", "1", "--batch-size", "1,2", "--vocab-multiple", "96"]
+    assert gpu_check.main([*args, "--name", "rows"]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [row["batch_size"] for row in rows] == [1, 2]
+    assert [row["vocab_size"] for row in rows] == [288, 288]  # the tiny preset's 256, padded
