@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import os
-import signal
 import types
 
 import pytest
@@ -17,7 +15,7 @@ from quillgpt.errors import CheckpointError
 from quillgpt.training import Trainer, evaluate_model, train
 from quillgpt.training import schedule as schedule_module
 from quillgpt.training.metrics import plot_losses, read_metrics
-from train_utils import model_config, prepare, train_config
+from train_utils import model_config, prepare, sigterm_during_step, train_config
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +121,7 @@ def test_resume_loads_the_checkpoint_into_a_given_model(data, tmp_path):
 
     cfg = train_config(tmp_path / "run", max_steps=10)
     first = Trainer(None, cfg, data, model=fresh_model(data))
-    original, calls = first.forward, {"n": 0}
-
-    def forward(*args):
-        calls["n"] += 1
-        if calls["n"] == 6:  # during step 6: the signal is handled after the step completes
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*args)
-
-    first.forward = forward
+    sigterm_during_step(first, 6)
     assert first.fit().stopped == "SIGTERM"
 
     other = fresh_model(data, seed=7)  # other initial weights: the checkpoint's replace them

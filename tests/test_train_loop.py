@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import math
-import os
-import signal
 
 import pytest
 import torch
@@ -20,7 +18,7 @@ from quillgpt.training.metrics import read_metrics
 from quillgpt.training.optim import param_groups
 from quillgpt.training.precision import Precision
 from quillgpt.training.state import TRAIN_STATE_FILE, load_train_state
-from train_utils import model_config, prepare, train_config
+from train_utils import model_config, prepare, sigterm_during_step, train_config
 
 
 @pytest.fixture(scope="module")
@@ -145,16 +143,7 @@ def test_sigterm_saves_and_resume_is_exact(data, tmp_path):
 
     cfg = train_config(tmp_path / "run", max_steps=10)
     first = Trainer(model_config(), cfg, data)
-    original = first.forward
-    calls = {"n": 0}
-
-    def forward(*args):
-        calls["n"] += 1
-        if calls["n"] == 6:  # during step 6: the signal is handled after the step completes
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*args)
-
-    first.forward = forward
+    sigterm_during_step(first, 6)
     result = first.fit()
     assert result.stopped == "SIGTERM" and result.interrupted and result.step == 6
     assert load_train_state(tmp_path / "run")["step"] == 6

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +90,19 @@ def cli_args(data: Any, out_dir: Path, **overrides: Any) -> list[str]:
             continue
         args += [f"--{key}", str(value)]
     return args
+
+
+def sigterm_during_step(trainer: Any, step: int) -> None:
+    """Make ``trainer`` receive SIGTERM during the forward pass of optimiser step ``step``.
+
+    The trainer handles the signal once that step completes: it checkpoints and stops.
+    """
+    original, calls = trainer.forward, {"n": 0}
+
+    def forward(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args)
+
+    trainer.forward = forward
