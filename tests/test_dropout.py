@@ -80,3 +80,8 @@ def test_attention_dropout_on_cpu_runs_the_written_out_path(tiny_config):
         torch.manual_seed(5)
         outputs.append(layer(x))
     assert_close(outputs[0], outputs[1])
+
+
+def test_probability_next_to_one_keeps_the_expectation_finite():
+    y = dropout(torch.ones(1 << 18), 0.999999)
+    assert torch.isfinite(y).all() and (y == 0).float().mean() > 0.999

@@ -36,7 +36,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return F.dropout(x, p, training=True)
     if not 0.0 < p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
-    threshold = round(p * _LEVELS)
+    threshold = min(round(p * _LEVELS), _LEVELS - 1)  # p near 1 still keeps 1 in 65536
     words = torch.randint(-(2**63), 2**63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64)
     uniform = words.view(torch.int16)[: x.numel()].view(x.shape)  # each in [-32768, 32767]
     keep = uniform >= threshold - _LEVELS // 2
