@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from quillgpt.model import Dropout, MultiHeadSelfAttention, dropout
+from quillgpt.model import Dropout, MultiHeadSelfAttention
+from quillgpt.model.dropout import dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])

@@ -137,18 +137,21 @@ def test_gradient_checkpointing_gives_the_same_training(data, tmp_path):
     assert_same(weights(plain), weights(ckpt), exact=False)
 
 
-def test_sigterm_saves_and_resume_is_exact(data, tmp_path):
-    reference = Trainer(model_config(), train_config(tmp_path / "ref", max_steps=10), data)
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_sigterm_saves_and_resume_is_exact(data, tmp_path, dropout):
+    # With dropout the resumed run must also continue the random masks where they stopped.
+    model = model_config(dropout=dropout)
+    reference = Trainer(model, train_config(tmp_path / "ref", max_steps=10), data)
     reference.fit()
 
     cfg = train_config(tmp_path / "run", max_steps=10)
-    first = Trainer(model_config(), cfg, data)
+    first = Trainer(model, cfg, data)
     sigterm_during_step(first, 6)
     result = first.fit()
     assert result.stopped == "SIGTERM" and result.interrupted and result.step == 6
     assert load_train_state(tmp_path / "run")["step"] == 6
 
-    second = Trainer(model_config(), cfg, data, resume=True)
+    second = Trainer(model, cfg, data, resume=True)
     assert second.step == 6
     assert second.fit().step == 10
     assert_same(weights(reference), weights(second))

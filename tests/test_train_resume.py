@@ -56,12 +56,14 @@ def saved_step(run: Path) -> int:
 
 
 def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(data, tmp_path):
-    reference = Trainer(model_config(), train_config(tmp_path / "ref", **SETTINGS), data)
+    # With dropout on, so the resumed runs must also continue the random masks exactly.
+    model = model_config(dropout=0.1)
+    reference = Trainer(model, train_config(tmp_path / "ref", **SETTINGS), data)
     reference.fit()
     expected = load_file(str(tmp_path / "ref" / "model.safetensors"))
 
     run = tmp_path / "run"
-    args = cli_args(data, run, **SETTINGS)
+    args = [*cli_args(data, run, **SETTINGS), "--dropout", str(model.dropout)]
     log = tmp_path / "log.txt"
     rng = random.Random(1234)
     kills = []

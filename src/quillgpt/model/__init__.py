@@ -7,7 +7,7 @@ from quillgpt.model.attention import (
 )
 from quillgpt.model.block import DecoderBlock
 from quillgpt.model.decoder import IGNORE_INDEX, DecoderLM
-from quillgpt.model.dropout import Dropout, dropout
+from quillgpt.model.dropout import Dropout
 from quillgpt.model.embedding import TokenEmbedding
 from quillgpt.model.feedforward import FeedForward
 from quillgpt.model.kv_cache import KVCache
@@ -32,6 +32,5 @@ __all__ = [
     "TokenEmbedding",
     "apply_rotary",
     "causal_mask",
-    "dropout",
     "scaled_dot_product_attention",
 ]

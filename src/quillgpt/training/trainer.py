@@ -364,7 +364,13 @@ class Trainer:
         return cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.model_config.block_size
 
     def _train_batches(self) -> Iterator[Batch]:
-        """Training batches from the current data position (``micro_step``), for this rank."""
+        """Training batches from the current data position (``micro_step``), for this rank.
+
+        Starting a ``DataLoader`` iterator draws its workers' base seed from torch's global
+        generator. The batches do not depend on it (the sampler is seeded), but the draw would
+        shift the dropout masks of a resumed run against an uninterrupted one, so the global
+        streams are left as they were.
+        """
         from quillgpt.data import make_train_loader
 
         loader = make_train_loader(
@@ -376,7 +382,8 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
-        return iter(loader)
+        with _preserved_rng():
+            return iter(loader)
 
     def fit(self) -> TrainResult:
         """Train until ``max_steps``, the end of ``max_time``, a signal, or too many bad steps.
