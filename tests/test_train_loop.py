@@ -137,14 +137,16 @@ def test_gradient_checkpointing_gives_the_same_training(data, tmp_path):
     assert_same(weights(plain), weights(ckpt), exact=False)
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_sigterm_saves_and_resume_is_exact(data, tmp_path, dropout):
-    # With dropout the resumed run must also continue the random masks where they stopped.
+@pytest.mark.parametrize(("dropout", "grad_accum"), [(0.0, 1), (0.2, 2)])
+def test_sigterm_saves_and_resume_is_exact(data, tmp_path, dropout, grad_accum):
+    # With dropout the resumed run must also continue the random masks where they stopped; with
+    # accumulation, the data position is counted in micro-batches.
     model = model_config(dropout=dropout)
-    reference = Trainer(model, train_config(tmp_path / "ref", max_steps=10), data)
+    settings = dict(max_steps=10, grad_accum=grad_accum)
+    reference = Trainer(model, train_config(tmp_path / "ref", **settings), data)
     reference.fit()
 
-    cfg = train_config(tmp_path / "run", max_steps=10)
+    cfg = train_config(tmp_path / "run", **settings)
     first = Trainer(model, cfg, data)
     sigterm_during_step(first, 6)
     result = first.fit()

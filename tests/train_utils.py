@@ -95,13 +95,16 @@ def cli_args(data: Any, out_dir: Path, **overrides: Any) -> list[str]:
 def sigterm_during_step(trainer: Any, step: int) -> None:
     """Make ``trainer`` receive SIGTERM during the forward pass of optimiser step ``step``.
 
-    The trainer handles the signal once that step completes: it checkpoints and stops.
+    The trainer handles the signal once that step completes: it checkpoints and stops. With
+    gradient accumulation a step makes ``grad_accum`` forward passes; the signal comes in the
+    first of them.
     """
     original, calls = trainer.forward, {"n": 0}
+    first_pass = (step - 1) * trainer.cfg.grad_accum + 1
 
     def forward(*args: Any) -> Any:
         calls["n"] += 1
-        if calls["n"] == step:
+        if calls["n"] == first_pass:
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args)
 
