@@ -24,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from quillgpt.training.distributed import all_reduce_max, all_reduce_sum
 
@@ -137,6 +138,17 @@ def evaluate(
     )
 
 
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run the block with ``module`` in eval mode (no dropout), then restore the mode it had."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 def evaluate_model(
     model: DecoderLM,
     data: PreparedData,
@@ -195,9 +207,7 @@ def evaluate_model(
     batches = loader if max_batches is None else itertools.islice(loader, max_batches)
     tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
     device = tensor.device if tensor is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return evaluate(
             lambda x: model(x)[0],
             batches,
@@ -205,5 +215,3 @@ def evaluate_model(
             autocast=contextlib.nullcontext,
             tokens_per_byte=(data.num_tokens(split) - 1) / data.num_bytes(split),
         )
-    finally:
-        model.train(was_training)

@@ -56,7 +56,13 @@ from quillgpt.model import DecoderLM
 from quillgpt.optimize.devices import peak_memory_bytes, resolve_device
 from quillgpt.training import distributed as dist_utils
 from quillgpt.training.config import TrainConfig
-from quillgpt.training.evaluate import EvalResult, evaluate, sample_batches, sample_starts
+from quillgpt.training.evaluate import (
+    EvalResult,
+    eval_mode,
+    evaluate,
+    sample_batches,
+    sample_starts,
+)
 from quillgpt.training.metrics import MetricsLog, plot_losses, read_metrics
 from quillgpt.training.optim import build_optimizer
 from quillgpt.training.precision import Precision
@@ -667,9 +673,7 @@ class Trainer:
             )
             batches = (windows.__getitems__(o) for o in offsets)
             count = len(offsets)
-        was_training = eval_model.training
-        eval_model.eval()
-        try:
+        with eval_mode(eval_model):
             return evaluate(
                 lambda x: eval_model(x)[0],
                 batches,
@@ -679,8 +683,6 @@ class Trainer:
                 num_batches=count,
                 sharded=self.sharded,
             )
-        finally:
-            eval_model.train(was_training)
 
     def _evaluate_and_report(self, budget: TimeBudget) -> None:
         """Evaluate on the sample; write the metrics line, samples, plot; update ``best/``."""
