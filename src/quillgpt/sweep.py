@@ -184,10 +184,9 @@ def markdown(rows: Sequence[dict[str, Any]], budget: str) -> str:
 def write_report(rows: Sequence[dict[str, Any]], out: str | Path, budget: str) -> list[Path]:
     """Write the table, the JSON and the two plots into folder ``out``; return the paths.
 
-    The plots are drawn on :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas,
-    never through ``pyplot``: the global backend (and a notebook's inline plots) stay untouched.
+    The plots are :class:`matplotlib.figure.Figure` objects saved as PNG, never drawn through
+    ``pyplot``: the global backend (and a notebook's inline plots) stay untouched.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     out = Path(out)
@@ -197,7 +196,6 @@ def write_report(rows: Sequence[dict[str, Any]], out: str | Path, budget: str) -
     data.write_text(json.dumps({"budget": budget, "rows": list(rows)}, indent=2) + "\n")
 
     fig = Figure(figsize=(5.5, 4))
-    FigureCanvasAgg(fig)
     ax = fig.subplots()
     params = [r["parameters"] for r in rows]
     ax.plot(params, [r["val_bpb"] for r in rows], "o-")
@@ -214,7 +212,6 @@ def write_report(rows: Sequence[dict[str, Any]], out: str | Path, budget: str) -
     fig.savefig(bpb_plot, dpi=120)
 
     fig = Figure(figsize=(10, 4))
-    FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     for r in rows:
         records = [

@@ -83,18 +83,16 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def plot_losses(records: list[dict[str, Any]], path: Path, *, title: str = "") -> None:
     """Draw training and validation loss against tokens seen, with bits per byte on the right.
 
-    Written atomically (a viewer never sees half a PNG). The figure is drawn with matplotlib's
-    object-oriented API (a :class:`matplotlib.figure.Figure` rendered by its Agg canvas), never
-    through ``pyplot``: it works without a display and leaves the global state alone (the
-    backend, ``pyplot``'s open figures), so inline plots in a notebook keep working.
+    Written atomically (a viewer never sees half a PNG). The figure is a
+    :class:`matplotlib.figure.Figure` saved as PNG, never drawn through ``pyplot``: it works
+    without a display and leaves the global state alone (the backend, ``pyplot``'s open figures),
+    so inline plots in a notebook keep working.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     train = [r for r in records if r.get("kind") == "train" and r.get("loss") is not None]
     evals = [r for r in records if r.get("kind") == "eval" and r.get("val_loss") is not None]
     fig = Figure(figsize=(7, 4.2), dpi=110)
-    FigureCanvasAgg(fig)  # attaches itself to the figure: savefig renders through Agg
     ax = fig.subplots()
     if train:
         ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
