@@ -15,7 +15,14 @@ from quillgpt.errors import CheckpointError
 from quillgpt.training import Trainer, evaluate_model, train
 from quillgpt.training import schedule as schedule_module
 from quillgpt.training.metrics import plot_losses, read_metrics
-from train_utils import model_config, prepare, sigterm_during_step, train_config
+from train_utils import (
+    assert_same,
+    model_config,
+    prepare,
+    sigterm_during_step,
+    train_config,
+    weights,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +34,6 @@ def fresh_model(data, seed: int = 1337, **overrides) -> DecoderLM:
     """A model for ``data``'s tokenizer, initialised as the trainer would with ``seed``."""
     torch.manual_seed(seed)
     return DecoderLM(model_config(vocab_size=data.vocab_size, **overrides))
-
-
-def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
 
 
 # ---------------------------------------------------------------- plotting

@@ -8,6 +8,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from quillgpt.config import ModelConfig
 from quillgpt.training import TrainConfig
 
@@ -109,3 +111,18 @@ def sigterm_during_step(trainer: Any, step: int) -> None:
         return original(*args)
 
     trainer.forward = forward
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``model``'s state dict."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], exact: bool = True):
+    """Assert two state dicts are equal: bit for bit, or within fp32 rounding."""
+    assert a.keys() == b.keys()
+    for name in a:
+        if exact:
+            assert torch.equal(a[name], b[name]), name
+        else:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
