@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import gc
 import subprocess
 import sys
@@ -227,9 +228,8 @@ def run_cuda_tests(timeout: int) -> dict[str, object]:
 def train_throughput(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
     torch.manual_seed(0)
     config = ModelConfig.preset(args.preset, dropout=0.0)
-    if args.vocab_multiple > 1:
-        padded = -(-config.vocab_size // args.vocab_multiple) * args.vocab_multiple
-        config = ModelConfig.preset(args.preset, dropout=0.0, vocab_size=padded)
+    padded = -(-config.vocab_size // args.vocab_multiple) * args.vocab_multiple
+    config = dataclasses.replace(config, vocab_size=padded)
     seq_len = config.block_size
     model = DecoderLM(config).to(device)
     precision = Precision.for_device(device, "bf16" if device.type == "cuda" else "auto")
