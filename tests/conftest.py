@@ -16,3 +16,17 @@ def _seed() -> None:
 @pytest.fixture
 def tiny_config() -> ModelConfig:
     return ModelConfig(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32)
+
+
+@pytest.fixture
+def svg_backend():
+    """Switch matplotlib to the svg backend (standing for a notebook's inline one) for a test.
+
+    Code that draws figures must leave it that way; the original backend comes back afterwards.
+    """
+    import matplotlib
+
+    original = matplotlib.get_backend()
+    matplotlib.use("svg")
+    yield
+    matplotlib.use(original)

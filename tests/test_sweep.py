@@ -68,7 +68,7 @@ def test_bench_verb_lists_the_benchmarks(capfd):
     assert "bench_decode.py" in out and "bench_quantize.py" in out
 
 
-def test_report_plots_leave_the_matplotlib_backend_alone(tmp_path):
+def test_report_plots_leave_the_matplotlib_backend_alone(tmp_path, svg_backend):
     import matplotlib
 
     run_dir = tmp_path / "run"
@@ -81,13 +81,8 @@ def test_report_plots_leave_the_matplotlib_backend_alone(tmp_path):
     row = {"size": "1x16", "parameters": 1000, "lr": 1e-3, "tokens_per_s": 64.0, "steps": 1}
     row |= {"tokens_seen": 64, "val_bpb": 4.0, "val_loss": 2.8, "peak_memory_mb": 1.0}
     row["run_dir"] = str(run_dir)
-    original = matplotlib.get_backend()
-    matplotlib.use("svg")  # stands for a notebook's inline backend: anything but Agg
-    try:
-        paths = write_report([row], tmp_path / "report", "3s")
-        assert matplotlib.get_backend() == "svg"
-    finally:
-        matplotlib.use(original)
+    paths = write_report([row], tmp_path / "report", "3s")
+    assert matplotlib.get_backend() == "svg"
     for path in paths:
         if path.suffix == ".png":
             assert path.read_bytes().startswith(b"\x89PNG")

@@ -39,7 +39,7 @@ def fresh_model(data, seed: int = 1337, **overrides) -> DecoderLM:
 # ---------------------------------------------------------------- plotting
 
 
-def test_loss_plot_leaves_the_matplotlib_backend_and_pyplot_alone(tmp_path):
+def test_loss_plot_leaves_the_matplotlib_backend_and_pyplot_alone(tmp_path, svg_backend):
     import matplotlib
     import matplotlib.pyplot as plt
 
@@ -49,15 +49,10 @@ def test_loss_plot_leaves_the_matplotlib_backend_and_pyplot_alone(tmp_path):
         {"kind": "eval", "step": 4, "tokens": 256, "val_loss": 3.1, "val_bpb": 4.4},
         {"kind": "final_eval", "step": 4, "tokens": 256, "val_loss": 3.05, "val_bpb": 4.3},
     ]
-    original = matplotlib.get_backend()
-    matplotlib.use("svg")  # stands for a notebook's inline backend: anything but Agg
-    try:
-        figures = plt.get_fignums()
-        plot_losses(records, tmp_path / "loss.png", title="run")
-        assert matplotlib.get_backend() == "svg"
-        assert plt.get_fignums() == figures  # nothing left for pyplot to show
-    finally:
-        matplotlib.use(original)
+    figures = plt.get_fignums()
+    plot_losses(records, tmp_path / "loss.png", title="run")
+    assert matplotlib.get_backend() == "svg"
+    assert plt.get_fignums() == figures  # nothing left for pyplot to show
     assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
 
 
