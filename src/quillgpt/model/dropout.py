@@ -18,11 +18,10 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     kernel), this is ``F.dropout``.
 
     On a CPU ``F.dropout`` draws one Bernoulli sample per element from a scalar Mersenne Twister,
-    about 6 ns per element on the development machine: dropout 0.1 then cost a small model
-    more time than its attention. Here each 64-bit random word is cut into four 16-bit uniform
-    integers, one per element, and an element is dropped when its integer falls below
-    ``round(p * 65536)``. Drawing a quarter of the words makes the random numbers 6x cheaper and
-    the whole forward pass about 2.5x (768 x 128 floats: 230 vs 616 us on that machine). The
+    about 6 ns per element on the development machine. Here each 64-bit random word is cut into
+    four 16-bit uniform integers, one per element, and an element is dropped when its integer
+    falls below ``round(p * 65536)``. Drawing a quarter of the words makes the random numbers 6x
+    cheaper and the whole forward pass about 2.5x (``benchmarks/bench_dropout.py``). The
     probability actually used is that threshold over 65536 (for ``p = 0.1``: 0.100006), and the
     survivors are scaled by its complement, so the expectation stays exact. The mask comes from
     torch's default generator: ``torch.manual_seed`` makes it reproducible and checkpointed RNG
