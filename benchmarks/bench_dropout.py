@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import quillgpt.model.attention as attention_module
-from bench_train_step import SHAPES, make_step
-from quillgpt import DecoderLM, ModelConfig
+from bench_train_step import SHAPES, make_step, shape_config
+from quillgpt import DecoderLM
 from quillgpt.model import Dropout
 from quillgpt.model.dropout import dropout
 
@@ -94,14 +94,7 @@ def step_rows(repeats: int) -> list[dict[str, object]]:
     rows = []
     for shape in SHAPES:
         B, T, V = shape["batch"], shape["block_size"], shape["vocab_size"]
-        cfg = ModelConfig(
-            vocab_size=V,
-            block_size=T,
-            n_layer=shape["n_layer"],
-            n_head=shape["n_head"],
-            n_embd=shape["n_embd"],
-            dropout=P,
-        )
+        cfg = shape_config(shape, dropout=P)
         x = torch.randint(0, V, (B, T))
         torch.manual_seed(0)
         ours = make_step(DecoderLM(cfg), x, x, hf=False)

@@ -18,7 +18,6 @@ back-to-back steps. Three comparisons come out of four contenders:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 import warnings
 
@@ -32,6 +31,12 @@ SHAPES = [
     dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12, vocab_size=84),
     dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch=16, vocab_size=84),
 ]
+
+
+def shape_config(shape: dict[str, int], **overrides: object) -> ModelConfig:
+    """quillgpt's default ``ModelConfig`` for a benchmark ``shape`` (batch left out)."""
+    fields = {k: v for k, v in shape.items() if k != "batch"}
+    return ModelConfig(**fields, **overrides)  # type: ignore[arg-type]
 
 
 def hf_model(shape: dict[str, int], dropout: float | None) -> torch.nn.Module:
@@ -87,16 +92,10 @@ def main() -> None:
     rows = []
     for shape in SHAPES:
         B, T, V = shape["batch"], shape["block_size"], shape["vocab_size"]
-        cfg = ModelConfig(
-            vocab_size=V,
-            block_size=T,
-            n_layer=shape["n_layer"],
-            n_head=shape["n_head"],
-            n_embd=shape["n_embd"],
-        )
+        cfg = shape_config(shape)
         x = torch.randint(0, V, (B, T))
         y = torch.randint(0, V, (B, T))
-        with_dropout = dataclasses.replace(cfg, dropout=0.1)
+        with_dropout = shape_config(shape, dropout=0.1)
         fns = {
             "quillgpt": make_step(DecoderLM(cfg), x, y, hf=False),
             "hf_nodropout": make_step(hf_model(shape, 0.0), x, x, hf=True),
