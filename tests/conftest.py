@@ -19,6 +19,24 @@ def tiny_config() -> ModelConfig:
 
 
 @pytest.fixture
+def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any attempt to reach the Hugging Face hub fail, for tests that must stay offline."""
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """The tiny char-level corpus of ``train_utils``, prepared once for the training tests."""
+    from train_utils import prepare
+
+    return prepare(tmp_path_factory.getbasetemp() / "train-data")
+
+
+@pytest.fixture
 def svg_backend():
     """Switch matplotlib to the svg backend (standing for a notebook's inline one) for a test.
 

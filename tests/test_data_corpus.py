@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import json
-import random
 
 import datasets
-import huggingface_hub.constants
 import numpy as np
 import pytest
 
+from corpus_utils import make_docs
 from quillgpt.data import CorpusSpec, carve_validation, load_corpus
 from quillgpt.errors import DataError
 
-
-@pytest.fixture(autouse=True)
-def _hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing in these tests may reach the Hugging Face hub."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-
-
-def make_docs(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    words = ["thou", "art", "königin", "東京", "😀", "fair", "night", "\n", "  ", "day,"]
-    return [" ".join(rng.choices(words, k=rng.randint(20, 200))) + "\n" for _ in range(n)]
+pytestmark = pytest.mark.usefixtures("hub_offline")
 
 
 def write_txt_folder(folder, docs: list[str]):

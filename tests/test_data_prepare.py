@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 
-import datasets
-import huggingface_hub.constants
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models
 
+from corpus_utils import make_docs
 from quillgpt.cli import main
 from quillgpt.data import (
     EOT,
@@ -24,24 +22,14 @@ from quillgpt.data import (
 from quillgpt.data import prepare as prepare_module
 from quillgpt.errors import DataError
 
-
-@pytest.fixture(autouse=True)
-def _hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-
-
-def make_docs(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    words = ["thou", "art", "königin", "東京", "😀", "fair", "night", "\n", "  ", "day,"]
-    return [" ".join(rng.choices(words, k=rng.randint(50, 300))) + "\n" for _ in range(n)]
+pytestmark = pytest.mark.usefixtures("hub_offline")
 
 
 @pytest.fixture
 def corpus(tmp_path):
     folder = tmp_path / "texts"
     folder.mkdir()
-    for i, doc in enumerate(make_docs(10)):
+    for i, doc in enumerate(make_docs(10, words_per_doc=(50, 300))):
         (folder / f"doc{i:02d}.txt").write_text(doc, encoding="utf-8")
     return str(folder)
 
@@ -152,7 +140,7 @@ def test_interrupted_prepare_leaves_nothing(corpus, data_dir, monkeypatch) -> No
 
 
 def test_large_vocabulary_uses_uint32(corpus, data_dir) -> None:
-    chars = "".join(sorted({c for d in make_docs(10) for c in d}))
+    chars = "".join(sorted({c for d in make_docs(10, words_per_doc=(50, 300)) for c in d}))
     vocab = {EOT: 0, UNK: 1, **{c: i + 2 for i, c in enumerate(chars)}}
     vocab.update({chr(0x10000 + i): len(vocab) for i in range(70_000)})
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))

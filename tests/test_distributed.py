@@ -20,14 +20,9 @@ from safetensors.torch import load_file
 from quillgpt.training import Trainer
 from quillgpt.training.metrics import read_metrics
 from quillgpt.training.state import load_train_state
-from train_utils import cli_args, model_config, prepare, train_config
+from train_utils import cli_args, model_config, train_config
 
 SETTINGS = dict(max_steps=6, ckpt_interval=3, eval_interval=3, log_interval=1)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepare(tmp_path_factory.getbasetemp() / "train-data")
 
 
 @pytest.fixture(scope="module")

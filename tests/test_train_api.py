@@ -18,16 +18,10 @@ from quillgpt.training.metrics import plot_losses, read_metrics
 from train_utils import (
     assert_same,
     model_config,
-    prepare,
     sigterm_during_step,
     train_config,
     weights,
 )
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepare(tmp_path_factory.getbasetemp() / "train-data")
 
 
 def fresh_model(data, seed: int = 1337, **overrides) -> DecoderLM:

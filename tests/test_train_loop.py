@@ -28,11 +28,6 @@ from train_utils import (
 )
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepare(tmp_path_factory.getbasetemp() / "train-data")
-
-
 def test_loss_goes_down_and_run_directory_is_complete(data, tmp_path):
     cfg = train_config(tmp_path / "run", max_steps=40, eval_interval=20, num_samples=1,
                        sample_tokens=20, final_eval=True, lr=1e-2)  # fmt: skip

@@ -19,15 +19,10 @@ from safetensors.torch import load_file
 
 from quillgpt.training import Trainer
 from quillgpt.training.state import TRAIN_STATE_FILE, load_train_state
-from train_utils import cli_args, model_config, prepare, train_config
+from train_utils import cli_args, model_config, train_config
 
 STEPS = 240
 SETTINGS = dict(max_steps=STEPS, ckpt_interval=5, eval_interval=60, log_interval=10)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepare(tmp_path_factory.getbasetemp() / "train-data")
 
 
 @pytest.fixture(autouse=True)
