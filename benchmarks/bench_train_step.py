@@ -12,7 +12,7 @@ back-to-back steps. Three comparisons come out of four contenders:
 - ``dropout 0.1``: the same computation, quillgpt with ``dropout=0.1`` against GPT2Config's
   default 0.1 (attention, residual and embedding dropout in both).
 
-    python benchmarks/bench_train_step.py [--repeats 15] [--compile]
+    python benchmarks/bench_train_step.py [--repeats 15] [--compile] [--shapes small medium]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ SHAPES = [
     dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12, vocab_size=84),
     dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch=16, vocab_size=84),
 ]
+SHAPE_NAMES = ("small", "medium")
 
 
 def shape_config(shape: dict[str, int], **overrides: object) -> ModelConfig:
@@ -86,11 +87,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(DecoderLM)")
+    parser.add_argument(
+        "--shapes", nargs="+", choices=SHAPE_NAMES, default=list(SHAPE_NAMES), help="which shapes"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     rows = []
-    for shape in SHAPES:
+    for name, shape in zip(SHAPE_NAMES, SHAPES, strict=True):
+        if name not in args.shapes:
+            continue
         B, T, V = shape["batch"], shape["block_size"], shape["vocab_size"]
         cfg = shape_config(shape)
         x = torch.randint(0, V, (B, T))
@@ -132,7 +138,12 @@ def main() -> None:
         if compile_s is not None:
             row["compile_s"] = compile_s
         rows.append(row)
-    emit("train_step", rows, {"repeats": args.repeats, "warmup": args.warmup, "dtype": "fp32"})
+    name = (
+        "train_step"
+        if len(args.shapes) == len(SHAPE_NAMES)
+        else "train_step_" + "_".join(args.shapes)
+    )
+    emit(name, rows, {"repeats": args.repeats, "warmup": args.warmup, "dtype": "fp32"})
 
 
 if __name__ == "__main__":
