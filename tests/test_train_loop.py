@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import math
@@ -15,7 +16,7 @@ from quillgpt.errors import CheckpointError, QuillError
 from quillgpt.optimize.devices import cpu_supports_bf16
 from quillgpt.training import NonFiniteError, Trainer
 from quillgpt.training.metrics import read_metrics
-from quillgpt.training.optim import param_groups
+from quillgpt.training.optim import build_optimizer, param_groups
 from quillgpt.training.precision import Precision
 from quillgpt.training.state import TRAIN_STATE_FILE, load_train_state
 from train_utils import (
@@ -74,6 +75,35 @@ def test_weight_decay_applies_to_matrices_only():
     assert all(p.dim() == 1 for p in no_decay["params"] if p is not model.tok_emb.weight
                and p is not model.pos_emb.embed.weight)  # fmt: skip
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize(
+    ("impl", "fused", "foreach"),
+    [
+        ("auto", True, None),
+        ("fused", True, None),
+        ("foreach", None, True),
+        ("for-loop", None, False),
+    ],
+)
+def test_optimizer_kernel_choice_and_all_kernels_agree(impl, fused, foreach):
+    from quillgpt import DecoderLM
+
+    torch.manual_seed(0)
+    model = DecoderLM(model_config())
+    reference = copy.deepcopy(model)
+    kwargs = dict(lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
+    kwargs["device"] = torch.device("cpu")
+    opt = build_optimizer(model, impl=impl, **kwargs)
+    assert (opt.defaults["fused"], opt.defaults["foreach"]) == (fused, foreach)
+    ref_opt = build_optimizer(reference, impl="for-loop", **kwargs)
+    for _ in range(3):
+        for m, o in ((model, opt), (reference, ref_opt)):
+            for p in m.parameters():
+                p.grad = torch.ones_like(p) * torch.arange(p.numel()).view_as(p).sin()
+            o.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
 
 
 def first_step_gradients(trainer: Trainer) -> dict[str, torch.Tensor]:

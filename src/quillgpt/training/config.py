@@ -116,8 +116,8 @@ class TrainConfig:
         eps: AdamW epsilon.
         grad_clip: clip the global gradient norm to this value (0 disables clipping; the norm is
             logged either way).
-        optimizer_impl: AdamW kernel: ``auto`` (fused where the device has it, else foreach),
-            ``fused``, ``foreach`` or ``for-loop``.
+        optimizer_impl: AdamW kernel: ``auto`` (fused, or foreach where fused is unavailable
+            and for FSDP-sharded parameters), ``fused``, ``foreach`` or ``for-loop``.
         eval_interval: evaluate every this many steps (and at the end).
         eval_tokens: size of the fixed validation sample used during training, in tokens:
             ``eval_tokens // block_size`` windows evenly spaced over the validation split

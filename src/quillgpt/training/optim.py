@@ -59,14 +59,17 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """Return ``torch.optim.AdamW`` over :func:`param_groups` with the requested kernel.
 
-    ``impl``: ``fused`` (one kernel for all parameters: CUDA, XPU, MPS and CPU in recent torch),
-    ``foreach`` (multi-tensor operations), ``for-loop`` (one parameter at a time, the reference),
-    or ``auto``: fused on accelerators, foreach on CPU and for sharded (FSDP2) parameters.
+    ``impl``: ``fused`` (one kernel for all parameters: CUDA, XPU, MPS and CPU), ``foreach``
+    (multi-tensor operations), ``for-loop`` (one parameter at a time, the reference), or
+    ``auto``: fused, except foreach for sharded (FSDP2) parameters. On the development CPU the
+    fused step is 3.5x (0.8M parameters) to 4.3x (10.8M) faster than foreach
+    (``benchmarks/bench_optimizer.py``).
     """
     groups = param_groups(model, weight_decay)
     sharded = any(_is_dtensor(p) for g in groups for p in g["params"])  # type: ignore[attr-defined]
+    requested = impl
     if impl == "auto":
-        impl = "foreach" if device.type == "cpu" or sharded else "fused"
+        impl = "foreach" if sharded else "fused"
     kwargs: dict[str, object] = {"lr": lr, "betas": betas, "eps": eps}
     if impl == "fused":
         kwargs["fused"] = True
@@ -79,5 +82,6 @@ def build_optimizer(
     except RuntimeError as exc:
         if impl != "fused":
             raise
-        warnings.warn(f"fused AdamW is unavailable here ({exc}); using foreach", stacklevel=2)
+        if requested == "fused":
+            warnings.warn(f"fused AdamW is unavailable here ({exc}); using foreach", stacklevel=2)
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
