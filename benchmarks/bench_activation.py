@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from common import emit, median, time_alternating
+from common import emit, median_us_per_call
 
 CALLS = 20
 """Activation calls per timed repeat."""
@@ -34,16 +34,6 @@ def activations() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     }
 
 
-def repeated(fn: Callable[[], object]) -> Callable[[], None]:
-    """``fn`` called ``CALLS`` times, so one timed repeat is long enough to measure."""
-
-    def run() -> None:
-        for _ in range(CALLS):
-            fn()
-
-    return run
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -52,20 +42,19 @@ def main() -> None:
     x = torch.randn(768, 512, requires_grad=True)
     grad = torch.randn(768, 512)
     contenders = activations()
-    forward = {name: repeated(lambda f=f: f(x.detach())) for name, f in contenders.items()}
+    forward = {name: (lambda f=f: f(x.detach())) for name, f in contenders.items()}
     both = {
-        name: repeated(lambda f=f: torch.autograd.grad(f(x), x, grad))
-        for name, f in contenders.items()
+        name: (lambda f=f: torch.autograd.grad(f(x), x, grad)) for name, f in contenders.items()
     }
-    fwd_times = time_alternating(forward, repeats=args.repeats)
-    both_times = time_alternating(both, repeats=args.repeats)
+    fwd_us = median_us_per_call(forward, calls=CALLS, repeats=args.repeats)
+    both_us = median_us_per_call(both, calls=CALLS, repeats=args.repeats)
     exact = "gelu exact (quillgpt default)"
     rows = [
         {
             "activation": name,
-            "forward_us": median(fwd_times[name]) / CALLS * 1e6,
-            "forward_backward_us": median(both_times[name]) / CALLS * 1e6,
-            "fwd_bwd_vs_exact": median(both_times[name]) / median(both_times[exact]),
+            "forward_us": fwd_us[name],
+            "forward_backward_us": both_us[name],
+            "fwd_bwd_vs_exact": both_us[name] / both_us[exact],
         }
         for name in contenders
     ]

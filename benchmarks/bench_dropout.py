@@ -29,7 +29,7 @@ from quillgpt import DecoderLM
 from quillgpt.model import Dropout
 from quillgpt.model.dropout import dropout
 
-from common import emit, median, time_alternating
+from common import emit, median, median_us_per_call, time_alternating
 
 P = 0.1
 CALLS = 20
@@ -54,11 +54,7 @@ def kernel_rows(repeats: int) -> list[dict[str, object]]:
     rows = []
     for what in torch_fns:
         fns = {"torch": torch_fns[what], "quillgpt": quill_fns[what]}
-        times = time_alternating(
-            {name: (lambda fn=fn: [fn() for _ in range(CALLS)]) for name, fn in fns.items()},
-            repeats=repeats,
-        )
-        us = {name: median(ts) / CALLS * 1e6 for name, ts in times.items()}
+        us = median_us_per_call(fns, calls=CALLS, repeats=repeats)
         rows.append(
             {
                 "measure": f"{what}, 768 x 128",

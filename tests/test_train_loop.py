@@ -92,15 +92,15 @@ def test_optimizer_kernel_choice_and_all_kernels_agree(impl, fused, foreach):
     torch.manual_seed(0)
     model = DecoderLM(model_config())
     reference = copy.deepcopy(model)
-    kwargs = dict(lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
-    kwargs["device"] = torch.device("cpu")
+    cpu = torch.device("cpu")
+    kwargs = dict(lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, device=cpu)
     opt = build_optimizer(model, impl=impl, **kwargs)
     assert (opt.defaults["fused"], opt.defaults["foreach"]) == (fused, foreach)
     ref_opt = build_optimizer(reference, impl="for-loop", **kwargs)
     for _ in range(3):
         for m, o in ((model, opt), (reference, ref_opt)):
             for p in m.parameters():
-                p.grad = torch.ones_like(p) * torch.arange(p.numel()).view_as(p).sin()
+                p.grad = torch.arange(p.numel(), dtype=p.dtype).view_as(p).sin()
             o.step()
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
