@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from quillgpt import DecoderLM, ModelConfig
-from quillgpt.optimize.decode import DecodeLinear, prepare_for_decoding
+from quillgpt.inference.decode import DecodeLinear, prepare_for_decoding
 
 from common import emit, markdown_table, median, time_alternating
 

@@ -28,7 +28,7 @@ import warnings
 import torch
 
 from quillgpt import DecoderLM, ModelConfig
-from quillgpt.optimize.devices import (
+from quillgpt.device import (
     peak_memory_bytes,
     reset_peak_memory,
     resolve_device,

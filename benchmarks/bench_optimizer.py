@@ -16,6 +16,7 @@ import torch
 
 from bench_train_step import SHAPES, shape_config
 from quillgpt import DecoderLM
+from quillgpt.training.config import TrainConfig
 from quillgpt.training.optim import build_optimizer
 
 from common import emit, median, time_alternating
@@ -34,12 +35,9 @@ def main() -> None:
         for param in model.parameters():
             param.grad = torch.randn_like(param)
         steps = {
-            impl: build_optimizer(
-                model, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8,
-                device=torch.device("cpu"), impl=impl,
-            ).step
+            impl: build_optimizer(model, TrainConfig(lr=1e-4, optimizer_impl=impl)).step
             for impl in IMPLS
-        }  # fmt: skip
+        }
         times = time_alternating(steps, warmup=5, repeats=args.repeats)
         row: dict[str, object] = {
             "shape": f"L{shape['n_layer']} C{shape['n_embd']} V{shape['vocab_size']}",

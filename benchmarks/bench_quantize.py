@@ -31,8 +31,9 @@ import torch
 
 from quillgpt import DecoderLM, ModelConfig, save_checkpoint
 from quillgpt.checkpoint import WEIGHTS_FILE
-from quillgpt.optimize.decode import prepare_for_decoding
-from quillgpt.optimize.quantize import linear_weight_bytes, quantize_int8, save_quantized
+from quillgpt.inference.decode import prepare_for_decoding
+from quillgpt.inference.quantize import linear_weight_bytes, quantize_int8
+from quillgpt.inference.quantized_checkpoint import save_quantized
 
 from common import emit, markdown_table, median, time_alternating
 

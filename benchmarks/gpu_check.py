@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from quillgpt import DecoderLM, ModelConfig
-from quillgpt.optimize.devices import peak_memory_bytes, reset_peak_memory, synchronize
+from quillgpt.device import peak_memory_bytes, reset_peak_memory, synchronize
 from quillgpt.training.optim import param_groups
 from quillgpt.training.precision import Precision
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from quillgpt import DecoderLM, ModelConfig
-from quillgpt.optimize.decode import DecodeLinear, prepare_for_decoding
+from quillgpt.inference.decode import DecodeLinear, prepare_for_decoding
 
 
 @pytest.mark.parametrize("num_slabs", [1, 2, 3, 5])

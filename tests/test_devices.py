@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from quillgpt import device as devices
 from quillgpt.errors import QuillError
-from quillgpt.optimize import devices
 
 
 @pytest.fixture

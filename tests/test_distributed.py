@@ -17,9 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from quillgpt.training import Trainer
+from quillgpt.training import train
 from quillgpt.training.metrics import read_metrics
-from quillgpt.training.state import load_train_state
+from quillgpt.training.run_dir import load_train_state
 from train_utils import cli_args, model_config, train_config
 
 SETTINGS = dict(max_steps=6, ckpt_interval=3, eval_interval=3, log_interval=1)
@@ -30,7 +30,7 @@ def reference(data, tmp_path_factory):
     """One process, global batch 8."""
     threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("ref")
-    Trainer(model_config(), train_config(out, batch_size=8, **SETTINGS), data).fit()
+    train(model_config(), train_config(out, batch_size=8, **SETTINGS), data)
     torch.set_num_threads(threads)
     return load_file(str(out / "model.safetensors")), read_metrics(out / "metrics.jsonl")
 
@@ -68,4 +68,4 @@ def test_two_processes_equal_one_with_the_same_global_batch(data, reference, tmp
     assert val == pytest.approx(reference_val, rel=1e-4)
     state = load_train_state(run)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
-    assert state["step"] == SETTINGS["max_steps"]
+    assert state["loop"]["step"] == SETTINGS["max_steps"]

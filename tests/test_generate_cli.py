@@ -13,7 +13,7 @@ from inference_utils import trained_run
 from quillgpt.cli import main
 from quillgpt.data import train_char
 from quillgpt.inference import load_for_inference, stream_text
-from quillgpt.optimize.decode import DecodeLinear
+from quillgpt.inference.decode import DecodeLinear
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +97,7 @@ def test_int8_generation(run_dir, capsys, tmp_path):
 
 
 def test_fp32_cpu_decoding_uses_the_decode_layout(run_dir, monkeypatch):
-    monkeypatch.setattr("quillgpt.optimize.decode.MIN_BYTES", 0)  # the tiny layers too
+    monkeypatch.setattr("quillgpt.inference.decode.MIN_BYTES", 0)  # the tiny layers too
     loaded = load_for_inference(run_dir, device="cpu")
     assert isinstance(loaded.model.lm_head, DecodeLinear)
     plain = load_for_inference(run_dir, device="cpu", fast_decode=False)
@@ -133,7 +133,7 @@ def test_missing_or_foreign_tokenizer_is_a_clear_error(run_dir, capsys, tmp_path
 )
 def test_bad_requests_exit_2(run_dir, capsys, args, message, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    monkeypatch.setattr("quillgpt.optimize.devices.mps_available", lambda: True)
+    monkeypatch.setattr("quillgpt.device.mps_available", lambda: True)
     code, _, err = generate(capsys, str(run_dir), "--prompt", "a", *args)
     assert code == 2 and message in err
 

@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from quillgpt import DecoderLM, ModelConfig
-from quillgpt.generation import choose_next, filter_logits
+from quillgpt.model.generation import choose_next, filter_logits
 
 
 def make(cfg: ModelConfig, **overrides) -> DecoderLM:

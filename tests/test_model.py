@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -157,18 +159,21 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_config, dropout):
     [
         ({"n_embd": 30, "n_head": 4}, "divisible by n_head"),
         ({"n_embd": 36, "n_head": 4, "pos_encoding": "rope"}, "even head size"),
-        ({"vocab_size": 0}, "vocab_size must be a positive integer"),
-        ({"dropout": -0.1}, "dropout must be in"),
-        ({"dropout": 1.0}, "dropout must be in"),
-        ({"pos_encoding": "alibi"}, "pos_encoding must be one of"),
-        ({"attention": "flash"}, "attention must be one of"),
-        ({"activation": "relu"}, "activation must be one of"),
-        ({"n_layer": 2.5}, "n_layer must be a positive integer"),
-        ({"ffn_mult": 0}, "ffn_mult must be positive"),
+        ({"vocab_size": 0}, "vocab_size: Input should be greater than 0"),
+        ({"dropout": -0.1}, "dropout: Input should be greater than or equal to 0"),
+        ({"dropout": 1.0}, "dropout: Input should be less than 1"),
+        ({"pos_encoding": "alibi"}, "pos_encoding: Input should be 'learned', 'sinusoidal' or"),
+        ({"attention": "flash"}, "attention: Input should be 'sdpa' or 'reference'"),
+        ({"activation": "relu"}, "activation: Input should be 'gelu' or 'gelu_tanh'"),
+        ({"n_layer": 2.5}, "n_layer: Input should be a valid integer"),
+        ({"ffn_mult": 0}, "ffn_mult: Input should be greater than 0"),
+        ({"bias": "false"}, "bias: Input should be a valid boolean, got 'false'"),
     ],
 )
 def test_bad_configs_raise_clear_errors(tiny_config, overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ModelConfig.from_dict({**tiny_config.to_dict(), **overrides})
+    with pytest.raises(ValueError):
         ModelConfig(**{**tiny_config.to_dict(), **overrides})
 
 

@@ -9,8 +9,9 @@ import torch
 
 from quillgpt import DecoderLM
 from quillgpt.cli import main
-from quillgpt.optimize.profile import PHASES, profile_model, to_markdown
-from quillgpt.optimize.quantize import quantize_int8
+from quillgpt.inference.quantize import quantize_int8
+from quillgpt.tools.profile import PHASES, profile_model
+from quillgpt.tools.profile_report import to_markdown
 
 
 def test_profile_reports_every_phase(tiny_config, tmp_path):

@@ -15,7 +15,18 @@ from quillgpt import DecoderLM, ModelConfig, save_checkpoint
 from quillgpt.checkpoint import WEIGHTS_FILE
 from quillgpt.cli import main
 from quillgpt.errors import CheckpointError, QuillError
-from quillgpt.optimize import quantize as q
+from quillgpt.inference.quantize import linear_weight_bytes, quantize_int8
+from quillgpt.inference.quantized_checkpoint import (
+    is_quantized_checkpoint,
+    load_quantized,
+    save_quantized,
+)
+from quillgpt.inference.quantized_linear import (
+    int8_per_row,
+    int8_state,
+    is_quantized_linear,
+    select_engine,
+)
 
 BACKENDS = [
     "torch.ao",
@@ -37,7 +48,7 @@ def model() -> DecoderLM:
 def test_int8_per_row_is_symmetric_and_accurate():
     weight = torch.randn(5, 40)
     weight[3] = 0.0
-    codes, scale = q.int8_per_row(weight)
+    codes, scale = int8_per_row(weight)
     assert codes.dtype == torch.int8 and scale.shape == (5,)
     assert codes.abs().max() == 127 and codes.min() >= -127
     assert scale[3] == 1.0 and not codes[3].any()
@@ -49,20 +60,20 @@ def test_int8_per_row_is_symmetric_and_accurate():
 def test_quantized_model_is_close_smaller_and_generates(model, backend):
     idx = torch.randint(0, 101, (2, 12))
     reference = model(idx)[0]
-    fp32 = q.linear_weight_bytes(model)
-    quantized = q.quantize_int8(copy.deepcopy(model), backend=backend)
+    fp32 = linear_weight_bytes(model)
+    quantized = quantize_int8(copy.deepcopy(model), backend=backend)
     assert quantized.quantization["layers"] == list(fp32)
-    assert all(q.is_quantized_linear(quantized.get_submodule(n)) for n in fp32)
+    assert all(is_quantized_linear(quantized.get_submodule(n)) for n in fp32)
     logits = quantized(idx)[0]
     assert (logits - reference).abs().max() < 0.05 * reference.abs().max()
-    int8 = q.linear_weight_bytes(quantized)
+    int8 = linear_weight_bytes(quantized)
     assert sum(int8.values()) <= 0.30 * sum(fp32.values())
     out = quantized.generate(idx, 6)
     assert out.shape == (2, 18) and torch.equal(out, quantized.generate(idx, 6))
 
 
 def test_head_can_stay_fp32_and_tied(model):
-    quantized = q.quantize_int8(copy.deepcopy(model), include_head=False)
+    quantized = quantize_int8(copy.deepcopy(model), include_head=False)
     assert type(quantized.lm_head) is nn.Linear
     assert quantized.lm_head.weight is quantized.tok_emb.weight
     assert "lm_head" not in quantized.quantization["layers"]
@@ -71,8 +82,8 @@ def test_head_can_stay_fp32_and_tied(model):
 @pytest.mark.parametrize("include_head", [True, False])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_save_load_exact_no_pickle(model, tmp_path, monkeypatch, backend, include_head):
-    quantized = q.quantize_int8(copy.deepcopy(model), backend=backend, include_head=include_head)
-    q.save_quantized(quantized, tmp_path / "int8", extra_config={"train": {"lr": 1.0}})
+    quantized = quantize_int8(copy.deepcopy(model), backend=backend, include_head=include_head)
+    save_quantized(quantized, tmp_path / "int8", extra_config={"train": {"lr": 1.0}})
     assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == ["config.json", WEIGHTS_FILE]
     document = json.loads((tmp_path / "int8" / "config.json").read_text())
     assert document["train"] == {"lr": 1.0} and document["quantization"]["backend"] == backend
@@ -81,10 +92,10 @@ def test_save_load_exact_no_pickle(model, tmp_path, monkeypatch, backend, includ
         raise AssertionError("torch.load must not be used")
 
     monkeypatch.setattr(torch, "load", no_pickle)
-    loaded = q.load_quantized(tmp_path / "int8")
-    assert q.is_quantized_checkpoint(tmp_path / "int8")
+    loaded = load_quantized(tmp_path / "int8")
+    assert is_quantized_checkpoint(tmp_path / "int8")
     for name in quantized.quantization["layers"]:
-        a, b = q.int8_state(quantized.get_submodule(name)), q.int8_state(loaded.get_submodule(name))
+        a, b = int8_state(quantized.get_submodule(name)), int8_state(loaded.get_submodule(name))
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), name
     assert torch.equal(loaded.tok_emb.weight, model.tok_emb.weight)
     idx = torch.randint(0, 101, (1, 9))
@@ -93,26 +104,26 @@ def test_save_load_exact_no_pickle(model, tmp_path, monkeypatch, backend, includ
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_other_backend_loads_the_same_int8_weights(model, tmp_path, backend):
-    q.save_quantized(q.quantize_int8(copy.deepcopy(model)), tmp_path)
-    loaded = q.load_quantized(tmp_path, backend=backend)
+    save_quantized(quantize_int8(copy.deepcopy(model)), tmp_path)
+    loaded = load_quantized(tmp_path, backend=backend)
     assert loaded.quantization["backend"] == backend
-    codes, _ = q.int8_per_row(model.blocks[0].attn.qkv.weight)
-    assert torch.equal(q.int8_state(loaded.blocks[0].attn.qkv)[0], codes)
+    codes, _ = int8_per_row(model.blocks[0].attn.qkv.weight)
+    assert torch.equal(int8_state(loaded.blocks[0].attn.qkv)[0], codes)
 
 
 def test_loading_errors_are_clear(model, tmp_path):
     save_checkpoint(model, tmp_path / "fp32")
     with pytest.raises(CheckpointError, match="not an int8 checkpoint"):
-        q.load_quantized(tmp_path / "fp32")
+        load_quantized(tmp_path / "fp32")
     with pytest.raises(QuillError, match="not quantized"):
-        q.save_quantized(model, tmp_path / "x")
-    q.save_quantized(q.quantize_int8(copy.deepcopy(model)), tmp_path / "int8")
+        save_quantized(model, tmp_path / "x")
+    save_quantized(quantize_int8(copy.deepcopy(model)), tmp_path / "int8")
     weights = tmp_path / "int8" / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="unreadable"):
-        q.load_quantized(tmp_path / "int8")
+        load_quantized(tmp_path / "int8")
     with pytest.raises(QuillError, match="unknown quantization backend"):
-        q.quantize_int8(model, backend="int4")
+        quantize_int8(model, backend="int4")
 
 
 def test_engine_follows_the_platform(monkeypatch):
@@ -120,12 +131,12 @@ def test_engine_follows_the_platform(monkeypatch):
     try:
         monkeypatch.setattr(platform, "machine", lambda: "aarch64")
         if "qnnpack" in torch.backends.quantized.supported_engines:
-            assert q.select_engine() == "qnnpack"
+            assert select_engine() == "qnnpack"
         monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-        assert q.select_engine() in ("x86", "fbgemm", "onednn")
-        assert q.select_engine("fbgemm") == torch.backends.quantized.engine == "fbgemm"
+        assert select_engine() in ("x86", "fbgemm", "onednn")
+        assert select_engine("fbgemm") == torch.backends.quantized.engine == "fbgemm"
         with pytest.raises(QuillError, match="no int8 engine tpu"):
-            q.select_engine("tpu")
+            select_engine("tpu")
     finally:
         torch.backends.quantized.engine = previous
 

@@ -8,7 +8,7 @@ import pytest
 
 from quillgpt.cli import main
 from quillgpt.errors import QuillError
-from quillgpt.sweep import DEFAULT_GRID, heads_for, learning_rate, parse_grid, write_report
+from quillgpt.tools.sweep import DEFAULT_GRID, heads_for, learning_rate, parse_grid, write_report
 from train_utils import write_corpus
 
 

@@ -1,34 +1,28 @@
-"""The trainer's Python API: training a given model, evaluate_model, stop reasons, plotting."""
+"""The training API: training a given model, evaluate_model, the schedule, stop reasons, plots."""
 
 from __future__ import annotations
 
 import copy
 import itertools
 import math
-import types
 
 import pytest
 import torch
 
 from quillgpt import DecoderLM
-from quillgpt.errors import CheckpointError
-from quillgpt.training import Trainer, evaluate_model, train
-from quillgpt.training import schedule as schedule_module
+from quillgpt.errors import CheckpointError, ConfigError
+from quillgpt.evaluation import evaluate_model
+from quillgpt.training import TrainConfig, train
 from quillgpt.training.metrics import plot_losses, read_metrics
+from quillgpt.training.schedule import budget_progress, budget_spent, lr_at
 from train_utils import (
     assert_same,
+    fresh_model,
     model_config,
     sigterm_during_step,
     train_config,
     weights,
 )
-
-
-def fresh_model(data, seed: int = 1337, **overrides) -> DecoderLM:
-    """A model for ``data``'s tokenizer, initialised as the trainer would with ``seed``."""
-    torch.manual_seed(seed)
-    return DecoderLM(model_config(vocab_size=data.vocab_size, **overrides))
-
 
 # ---------------------------------------------------------------- plotting
 
@@ -54,13 +48,15 @@ def test_loss_plot_leaves_the_matplotlib_backend_and_pyplot_alone(tmp_path, svg_
 
 
 def test_a_given_model_is_trained_in_place_like_a_fresh_one(data, tmp_path):
-    reference = Trainer(model_config(), train_config(tmp_path / "ref", max_steps=6), data)
-    reference.fit()
+    train(model_config(), train_config(tmp_path / "ref", max_steps=6), data)
 
-    model = fresh_model(data)  # the same initialisation as the trainer's fresh model
+    model = fresh_model(data)  # the same initialisation as train's fresh model
     result = train(None, train_config(tmp_path / "given", max_steps=6), data, model=model)
-    assert result.stopped == "max_steps" and result.step == 6
-    assert_same(weights(reference.model), weights(model))  # trained in place, same training
+    assert result.stopped == "max_steps" and result.state.step == 6
+    from quillgpt import load_checkpoint
+
+    reference = load_checkpoint(tmp_path / "ref")
+    assert_same(weights(reference), weights(model))  # trained in place, same training
     losses = [
         [r.get("loss", r.get("val_loss")) for r in read_metrics(run / "metrics.jsonl")]
         for run in (tmp_path / "ref", tmp_path / "given")
@@ -72,8 +68,8 @@ def test_a_given_model_trains_in_training_mode(data, tmp_path):
     """A model handed over in eval mode (as loaded for generation) still trains with dropout."""
     model = fresh_model(data, dropout=0.2)
     in_eval = copy.deepcopy(model).eval()
-    Trainer(model.config, train_config(tmp_path / "a", max_steps=3), data, model=model).fit()
-    Trainer(None, train_config(tmp_path / "b", max_steps=3), data, model=in_eval).fit()
+    train(model.config, train_config(tmp_path / "a", max_steps=3), data, model=model)
+    train(None, train_config(tmp_path / "b", max_steps=3), data, model=in_eval)
     assert_same(weights(model), weights(in_eval))
 
 
@@ -93,12 +89,13 @@ def test_an_unsuitable_model_is_refused_before_anything_is_written(data, tmp_pat
 
 def test_a_given_model_must_match_the_given_config(data, tmp_path):
     model = fresh_model(data)
-    with pytest.raises(ValueError, match=r"n_layer=2 \(config: 3\)"):
-        Trainer(model_config(n_layer=3), train_config(tmp_path), data, model=model)
-    # vocab_size is not compared: the trainer always takes it from the tokenizer
-    Trainer(model_config(vocab_size=10_000), train_config(tmp_path), data, model=model)
-    with pytest.raises(ValueError, match="model_config, or a model"):
-        Trainer(None, train_config(tmp_path / "none"), data)
+    with pytest.raises(ConfigError, match=r"n_layer=2 \(config: 3\)"):
+        train(model_config(n_layer=3), train_config(tmp_path / "a"), data, model=model)
+    # vocab_size is not compared: training always takes it from the tokenizer
+    cfg = train_config(tmp_path / "b", max_steps=1)
+    train(model_config(vocab_size=10_000), cfg, data, model=model)
+    with pytest.raises(ConfigError, match="model_config, or a model"):
+        train(None, train_config(tmp_path / "none"), data)
 
 
 def test_resume_loads_the_checkpoint_into_a_given_model(data, tmp_path):
@@ -106,13 +103,13 @@ def test_resume_loads_the_checkpoint_into_a_given_model(data, tmp_path):
     train(None, train_config(tmp_path / "ref", max_steps=10), data, model=reference)
 
     cfg = train_config(tmp_path / "run", max_steps=10)
-    first = Trainer(None, cfg, data, model=fresh_model(data))
+    first = fresh_model(data)
     sigterm_during_step(first, 6)
-    assert first.fit().stopped == "SIGTERM"
+    assert train(None, cfg, data, model=first).stopped == "SIGTERM"
 
     other = fresh_model(data, seed=7)  # other initial weights: the checkpoint's replace them
     result = train(None, cfg, data, model=other, resume=True)
-    assert result.step == 10
+    assert result.state.step == 10
     assert_same(weights(reference), weights(other))
     with pytest.raises(CheckpointError, match="model config differs.*n_layer"):
         train(None, cfg, data, model=fresh_model(data, n_layer=3), resume=True)
@@ -123,9 +120,9 @@ def test_resume_loads_the_checkpoint_into_a_given_model(data, tmp_path):
 
 def test_evaluate_model_is_the_trainers_whole_split_evaluation(data, tmp_path):
     cfg = train_config(tmp_path, max_steps=4, final_eval=True)
-    trainer = Trainer(model_config(), cfg, data)
-    final = trainer.fit().final_eval
-    result = evaluate_model(trainer.model, data, batch_size=cfg.batch_size)
+    model = fresh_model(data)
+    final = train(None, cfg, data, model=model).final_eval
+    result = evaluate_model(model, data, batch_size=cfg.batch_size)
     assert result.targets == final.targets == data.val_tokens - 1
     assert result.loss == pytest.approx(final.loss, rel=1e-9)
     assert result.bpb == pytest.approx(final.bpb, rel=1e-9)
@@ -157,45 +154,65 @@ def test_evaluate_model_refuses_a_smaller_vocabulary(data):
         evaluate_model(model, data)
 
 
+# ---------------------------------------------------------------- the schedule and the budget
+
+
+def schedule(**fields) -> TrainConfig:
+    return TrainConfig(**{"lr": 1.0, "warmup_steps": 10, "min_lr_ratio": 0.1, **fields})
+
+
+def test_warm_up_then_cosine_to_the_floor_at_the_last_step():
+    cfg = schedule(max_steps=111)
+    rates = [lr_at(cfg, step, budget_progress(step, 0.0, cfg)) for step in range(111)]
+    assert rates[0] == pytest.approx(0.1) and rates[4] == pytest.approx(0.5)
+    assert rates[9] == pytest.approx(0.5 * (1.1 + 0.9 * math.cos(math.pi * 9 / 110)), rel=1e-9)
+    assert rates[55] == pytest.approx(0.55)  # halfway through the budget: (1 + 0.1) / 2
+    assert rates[110] == pytest.approx(0.1)  # the last step runs at the floor
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
+
+
+def test_linear_and_constant_shapes():
+    linear = schedule(schedule="linear", warmup_steps=0, min_lr_ratio=0.0, max_steps=101)
+    rates = [lr_at(linear, s, budget_progress(s, 0.0, linear)) for s in (0, 25, 50, 100)]
+    assert rates == pytest.approx([1.0, 0.75, 0.5, 0.0])
+    const = schedule(schedule="constant", warmup_steps=5, max_steps=100)
+    assert [lr_at(const, s, budget_progress(s, 0.0, const)) for s in (0, 4, 50, 99)] == (
+        pytest.approx([0.2, 1.0, 1.0, 1.0])
+    )
+
+
+def test_a_time_budget_decays_with_the_clock_and_both_budgets_end_at_the_first():
+    cfg = schedule(max_time=100.0, warmup_steps=0)
+    assert budget_progress(5, 50.0, cfg) == 0.5
+    assert lr_at(cfg, 5, budget_progress(5, 50.0, cfg)) == pytest.approx(0.55)
+    assert budget_spent(10**6, 99.9, cfg) == "" and budget_spent(7, 100.0, cfg) == "max_time"
+    both = schedule(max_time=100.0, max_steps=11)
+    assert budget_progress(5, 10.0, both) == 0.5  # the steps are further along
+    assert budget_progress(5, 80.0, both) == 0.8  # the clock is
+    assert budget_spent(11, 10.0, both) == "max_steps"
+
+
+def test_the_learning_rate_of_each_step_is_what_lr_at_says(data, tmp_path):
+    cfg = train_config(tmp_path, max_steps=12, log_interval=1, warmup_steps=3)
+    train(model_config(), cfg, data)
+    logged = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    expected = [lr_at(cfg, s, budget_progress(s, 0.0, cfg)) for s in range(12)]
+    assert logged == pytest.approx(expected, rel=1e-12)
+
+
 # ---------------------------------------------------------------- why a run stopped
 
 
-class SpeedingClock:
-    """A ``perf_counter`` that advances a fixed amount per call, half as much after 1 s.
-
-    Gives the time budget a deterministic pace, and one that speeds up (as when another job on
-    a shared machine ends): the schedule fitted to the average pace then ends a little before
-    the budget runs out.
-    """
-
-    def __init__(self, tick: float) -> None:
-        self.now, self.tick = 0.0, tick
-
-    def __call__(self) -> float:
-        self.now += self.tick if self.now < 1.0 else self.tick / 2
-        return self.now
-
-
 @pytest.mark.parametrize(
-    ("max_steps", "stopped"),
-    [(None, "max_time"), (1000, "max_time"), (30, "max_steps")],
+    ("max_steps", "max_time", "stopped"), [(None, 1.5, "max_time"), (10, 600.0, "max_steps")]
 )
 def test_stop_reason_names_the_limit_that_ended_the_run(
-    data, tmp_path, monkeypatch, max_steps, stopped
+    data, tmp_path, max_steps, max_time, stopped
 ):
-    # Only the budget's clock is replaced (the trainer keeps the real one): a 2 s budget at
-    # 4 ms, then 2 ms, a call is some 100 steps, whatever the speed of the machine.
-    clock = SpeedingClock(4e-3)
-    monkeypatch.setattr(schedule_module, "time", types.SimpleNamespace(perf_counter=clock))
-    cfg = train_config(
-        tmp_path, max_steps=max_steps, max_time=2.0, eval_interval=1000, ckpt_interval=0
-    )
-    trainer = Trainer(model_config(), cfg, data)
-    result = trainer.fit()
+    cfg = train_config(tmp_path, max_steps=max_steps, max_time=max_time, eval_interval=1000)
+    result = train(model_config(), cfg, data)
     assert result.stopped == stopped
-    fitted = trainer.scheduler.lr_lambdas[0].max_steps
-    assert result.step == fitted and 20 < fitted < 1000
-    if max_steps == 30:
-        assert result.step == 30
+    if max_steps is None:
+        assert result.state.elapsed >= max_time
     else:
-        assert clock.now < 2.0  # the schedule's last step came before the clock ran out
+        assert result.state.step == 10 and result.state.elapsed < max_time

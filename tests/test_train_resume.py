@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from quillgpt.training import Trainer
-from quillgpt.training.state import TRAIN_STATE_FILE, load_train_state
+from quillgpt.training import train
+from quillgpt.training.run_dir import TRAIN_STATE_FILE, load_train_state
 from train_utils import cli_args, model_config, train_config
 
 STEPS = 240
@@ -45,7 +45,7 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
 
 def saved_step(run: Path) -> int:
     try:
-        return int(load_train_state(run)["step"])
+        return int(load_train_state(run)["loop"]["step"])
     except Exception:
         return -1
 
@@ -53,8 +53,7 @@ def saved_step(run: Path) -> int:
 def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(data, tmp_path):
     # With dropout on, so the resumed runs must also continue the random masks exactly.
     model = model_config(dropout=0.1)
-    reference = Trainer(model, train_config(tmp_path / "ref", **SETTINGS), data)
-    reference.fit()
+    train(model, train_config(tmp_path / "ref", **SETTINGS), data)
     expected = load_file(str(tmp_path / "ref" / "model.safetensors"))
 
     run = tmp_path / "run"

@@ -94,23 +94,32 @@ def cli_args(data: Any, out_dir: Path, **overrides: Any) -> list[str]:
     return args
 
 
-def sigterm_during_step(trainer: Any, step: int) -> None:
-    """Make ``trainer`` receive SIGTERM during the forward pass of optimiser step ``step``.
+def sigterm_during_step(model: torch.nn.Module, step: int, grad_accum: int = 1) -> None:
+    """Make the process receive SIGTERM during the forward pass of optimiser step ``step``.
 
-    The trainer handles the signal once that step completes: it checkpoints and stops. With
+    ``train`` handles the signal once that step completes: it checkpoints and stops. With
     gradient accumulation a step makes ``grad_accum`` forward passes; the signal comes in the
-    first of them.
+    first of them. Evaluation passes (the model in eval mode) are not counted.
     """
-    original, calls = trainer.forward, {"n": 0}
-    first_pass = (step - 1) * trainer.cfg.grad_accum + 1
+    calls = {"n": 0}
+    first_pass = (step - 1) * grad_accum + 1
 
-    def forward(*args: Any) -> Any:
+    def hook(module: torch.nn.Module, args: Any) -> None:
+        if not module.training:
+            return
         calls["n"] += 1
         if calls["n"] == first_pass:
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(*args)
 
-    trainer.forward = forward
+    model.register_forward_pre_hook(hook)
+
+
+def fresh_model(data: Any, seed: int = 1337, **overrides: Any) -> Any:
+    """A model for ``data``'s tokenizer, initialised as ``train`` would with ``seed``."""
+    from quillgpt import DecoderLM
+
+    torch.manual_seed(seed)
+    return DecoderLM(model_config(vocab_size=data.vocab_size, **overrides))
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -82,13 +82,30 @@ def save_checkpoint(
     Raises:
         CheckpointError: if the directory cannot be written (the previous files are kept).
     """
+    return save_state_dict(
+        model.state_dict(), model.config, path, tokenizer, extra_config=extra_config
+    )
+
+
+def save_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    config: ModelConfig,
+    path: str | Path,
+    tokenizer: Any = None,
+    *,
+    extra_config: dict[str, Any] | None = None,
+) -> Path:
+    """Save the weights ``state_dict`` of a model of shape ``config`` like :func:`save_checkpoint`.
+
+    For weights that exist only as a state dict (gathered from FSDP shards on rank 0).
+    """
     path = Path(path)
-    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
-    if model.config.tie_weights:
+    state = {name: t.detach().contiguous() for name, t in state_dict.items()}
+    if config.tie_weights:
         state.pop("lm_head.weight", None)  # the same tensor as tok_emb.embed.weight
-    config_json = json.dumps(model.config.to_dict(), sort_keys=True)
+    config_json = json.dumps(config.to_dict(), sort_keys=True)
     metadata = {"format": "pt", _CONFIG_METADATA_KEY: config_json}
-    document = {"model": model.config.to_dict(), **(extra_config or {})}
+    document = {"model": config.to_dict(), **(extra_config or {})}
     write_checkpoint_files(path, state, metadata, document, tokenizer)
     return path
 

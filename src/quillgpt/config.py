@@ -1,72 +1,80 @@
-"""Model configuration: one plain dataclass, validated on construction, with named presets.
+"""Model configuration: one typed dataclass, validated on construction, with named presets.
 
 A :class:`ModelConfig` fully determines the shape of a :class:`~quillgpt.DecoderLM`; it is what a
 checkpoint stores next to the weights (as JSON), so a model can always be rebuilt from its run
 directory. Presets range from a model that trains in seconds to the GPT-2 124M shape::
 
     cfg = ModelConfig.preset("gpt2", dropout=0.1)
+
+The configs are `pydantic <https://docs.pydantic.dev>`_ dataclasses in strict mode: still plain
+dataclasses (``dataclasses.replace``, ``asdict`` and ``fields`` work), but every field is checked
+against its annotation whenever one is built, so ``bias="false"`` or ``dropout="0.1"`` is refused
+rather than silently meaning something else, and an unknown keyword is an error. The string under
+each field is its documentation: pydantic reads it as the field's description, which is also the
+``quill train --help`` text. :func:`load_dataclass` builds a config from a config file's table or
+from command-line text and turns any mistake into one line that names the field and the source.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+import difflib
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from quillgpt.errors import ConfigError
 
 ConfigT = TypeVar("ConfigT")
 
+STRICT = ConfigDict(strict=True, extra="forbid", use_attribute_docstrings=True)
+"""Validation of every config: exact types (an int is accepted for a float), no unknown keys."""
+
+Positive = Annotated[int, Field(gt=0)]
 PosEncoding = Literal["learned", "sinusoidal", "rope"]
 AttentionImpl = Literal["sdpa", "reference"]
 Activation = Literal["gelu", "gelu_tanh"]
 
-POS_ENCODINGS: tuple[str, ...] = ("learned", "sinusoidal", "rope")
-ATTENTION_IMPLS: tuple[str, ...] = ("sdpa", "reference")
-ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh")
 
-
-@dataclass
+@dataclass(config=STRICT)
 class ModelConfig:
-    """Hyper-parameters of a decoder-only transformer.
+    """Hyper-parameters of a decoder-only transformer (each field is documented below it)."""
 
-    Attributes:
-        vocab_size: number of distinct token ids (the tokenizer's vocabulary size).
-        block_size: the context window ``T_max``: the longest sequence the model attends over.
-        n_layer: number of stacked decoder blocks.
-        n_head: attention heads per block; ``n_embd`` must be divisible by it.
-        n_embd: width ``C`` of the residual stream.
-        pos_encoding: ``"learned"`` (GPT-2), ``"sinusoidal"`` (fixed, the original Transformer) or
-            ``"rope"`` (rotary, applied to queries and keys inside attention).
-        attention: ``"sdpa"`` uses PyTorch's fused ``scaled_dot_product_attention``;
-            ``"reference"`` is the hand-written ``softmax(QK^T/sqrt(d) + mask) V``. Both compute
-            the same function (the tests prove it); the reference exists to be read.
-        ffn_mult: hidden width of the feed-forward network as a multiple of ``n_embd``.
-        activation: ``"gelu"`` (exact, with erf) or ``"gelu_tanh"`` (GPT-2's tanh approximation,
-            used when importing GPT-2 weights so logits match exactly). The exact form is the
-            default: it is the same function to within 1e-3 and measured ~2x faster on CPU.
-        dropout: probability used for attention, residual and embedding dropout.
-        bias: whether linear layers and LayerNorms carry a bias (GPT-2 does).
-        tie_weights: share the token embedding matrix with the output head (saves ``V*C``
-            parameters and usually helps small models).
-        rope_base: the base ``theta`` of rotary frequencies.
-        layer_norm_eps: epsilon of every LayerNorm.
-    """
-
-    vocab_size: int = 50257
-    block_size: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
+    vocab_size: Positive = 50257
+    """Number of distinct token ids (the tokenizer's vocabulary size)."""
+    block_size: Positive = 1024
+    """The context window ``T_max``: the longest sequence the model attends over."""
+    n_layer: Positive = 12
+    """Number of stacked decoder blocks."""
+    n_head: Positive = 12
+    """Attention heads per block; ``n_embd`` must be divisible by it."""
+    n_embd: Positive = 768
+    """Width ``C`` of the residual stream."""
     pos_encoding: PosEncoding = "learned"
+    """``learned`` (GPT-2), ``sinusoidal`` (fixed, the original Transformer) or ``rope`` (rotary,
+    applied to queries and keys inside attention)."""
     attention: AttentionImpl = "sdpa"
-    ffn_mult: float = 4.0
+    """``sdpa``: PyTorch's fused ``scaled_dot_product_attention``; ``reference``: the
+    hand-written ``softmax(QK^T/sqrt(d) + mask) V``. The same function (the tests prove it); the
+    reference exists to be read."""
+    ffn_mult: Annotated[float, Field(gt=0)] = 4.0
+    """Hidden width of the feed-forward network as a multiple of ``n_embd``."""
     activation: Activation = "gelu"
-    dropout: float = 0.0
+    """``gelu`` (exact, with erf) or ``gelu_tanh`` (GPT-2's tanh approximation, used when
+    importing GPT-2 weights so logits match exactly). The two differ by < 1e-3; the exact form is
+    the default because it is cheaper on a CPU (docs/performance.md)."""
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Probability used for attention, residual and embedding dropout."""
     bias: bool = True
+    """Whether linear layers and LayerNorms carry a bias (GPT-2 does)."""
     tie_weights: bool = True
-    rope_base: float = 10000.0
-    layer_norm_eps: float = 1e-5
+    """Share the token embedding matrix with the output head (saves ``V*C`` parameters and
+    usually helps small models)."""
+    rope_base: Annotated[float, Field(gt=1)] = 10000.0
+    """The base ``theta`` of rotary frequencies."""
+    layer_norm_eps: Annotated[float, Field(gt=0)] = 1e-5
+    """Epsilon of every LayerNorm."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,28 +90,15 @@ class ModelConfig:
         return int(round(self.ffn_mult * self.n_embd))
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the field to change when the configuration is impossible."""
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        """Raise ``ValueError`` for a combination of fields that cannot work, naming the fix.
+
+        Each field's type and range are checked when the config is built; this checks how they
+        fit together (it runs then too, and again when a model is built).
+        """
         if self.n_embd % self.n_head != 0:
             raise ValueError(
-                f"ModelConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"try n_head={_nearest_divisor(self.n_embd, self.n_head)} or change n_embd"
-            )
-        if self.pos_encoding not in POS_ENCODINGS:
-            raise ValueError(
-                f"ModelConfig.pos_encoding must be one of {POS_ENCODINGS}, "
-                f"got {self.pos_encoding!r}"
-            )
-        if self.attention not in ATTENTION_IMPLS:
-            raise ValueError(
-                f"ModelConfig.attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"ModelConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}"
             )
         if self.pos_encoding == "rope" and self.head_size % 2 != 0:
             raise ValueError(
@@ -114,49 +109,104 @@ class ModelConfig:
             raise ValueError(
                 f"sinusoidal positions need an even n_embd, got {self.n_embd}; change n_embd"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.ffn_mult > 0 or self.ffn_hidden < 1:
-            raise ValueError(f"ModelConfig.ffn_mult must be positive, got {self.ffn_mult!r}")
-        if not self.rope_base > 1.0:
-            raise ValueError(f"ModelConfig.rope_base must be > 1, got {self.rope_base!r}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"ModelConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        if self.ffn_hidden < 1:
+            raise ValueError(f"ffn_mult * n_embd must be at least 1, got ffn_mult={self.ffn_mult}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as a JSON-serialisable dict."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build a config from a dict, rejecting unknown keys with the list of valid ones."""
-        return dataclass_from_dict(cls, data)
-
-    def to_json(self, path: str | Path) -> None:
-        """Write the configuration to ``path`` as indented JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+    def from_dict(cls, data: dict[str, Any], source: str = "") -> ModelConfig:
+        """Build a config from a dict (a config file's ``[model]`` table, a ``config.json``)."""
+        return load_dataclass(cls, data, source=source)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         """Return the named preset (see :data:`MODEL_PRESETS`), with fields overridden."""
         if name not in MODEL_PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
+            raise ConfigError(f"unknown model preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
         return cls.from_dict({**MODEL_PRESETS[name], **overrides})
 
 
-def dataclass_from_dict(cls: type[ConfigT], data: dict[str, Any]) -> ConfigT:
-    """Build the dataclass ``cls`` from ``data``, rejecting unknown keys with the valid ones.
+def load_dataclass(
+    cls: type[ConfigT],
+    data: dict[str, Any],
+    *,
+    source: str = "",
+    text: dict[str, str] | None = None,
+    text_source: str = "--",
+) -> ConfigT:
+    """Build the config dataclass ``cls`` from ``data`` and command-line ``text`` values.
 
-    A typo in a config file (``n_layers`` for ``n_layer``) then fails loudly instead of being
-    silently ignored.
+    Values in ``data`` (a file's table) must already have their types: ``bias = "false"`` is an
+    error. Values in ``text`` are strings from a command line, converted by pydantic's string
+    rules (``"false"`` is a bool there; ``none`` means ``None`` where the field allows it); they
+    override ``data``. Both then pass the same strict validation.
+
+    Raises:
+        ConfigError: one line naming the field, where its value came from (``source`` for
+            ``data``, ``--name`` for ``text``) and what is wrong (an unknown key comes with the
+            closest valid names).
     """
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown {cls.__name__} field(s) {unknown}; valid fields are {sorted(known)}"
-        )
-    return cls(**data)
+    values = dict(data)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    for name, raw in (text or {}).items():
+        if name not in names:
+            raise _unknown(cls, name, text_source)
+        values[name] = parse_text(cls, name, raw, where=f"{text_source}{name}")
+    for name in values:
+        if name not in names:
+            raise _unknown(cls, name, source)
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        where = f"{text_source}{field}" if field in (text or {}) else _place(cls, field, source)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        got = f", got {error['input']!r}" if field else ""
+        raise ConfigError(f"{where}: {message}{got}") from None
+
+
+def parse_text(cls: type, name: str, raw: Any, *, where: str) -> Any:
+    """Convert command-line text for field ``name`` of ``cls`` to the field's type."""
+    if not isinstance(raw, str):  # a flag given without a value (``--bias``) is already True
+        return raw
+    hint = cls.__pydantic_fields__[name].rebuild_annotation()  # type: ignore[attr-defined]
+    adapter = TypeAdapter(hint)
+    if raw.strip().lower() in ("none", "null") and _allows_none(adapter):
+        return None
+    try:
+        return adapter.validate_strings(raw)
+    except ValidationError as exc:
+        if name == "max_time":  # a duration: its own parser gives the better message
+            return raw
+        message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{where}: {message}, got {raw!r}") from None
+
+
+def _allows_none(adapter: TypeAdapter[Any]) -> bool:
+    try:
+        adapter.validate_python(None)
+    except ValidationError:
+        return False
+    return True
+
+
+def _place(cls: type, field: str, source: str) -> str:
+    prefix = f"{source}: " if source else ""
+    return f"{prefix}{cls.__name__}.{field}" if field else f"{prefix}{cls.__name__}"
+
+
+def _unknown(cls: type, name: str, source: str) -> ConfigError:
+    valid = sorted(f.name for f in dataclasses.fields(cls))
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    where = f"{source}: " if source and source != "--" else ""
+    return ConfigError(
+        f"{where}unknown {cls.__name__} field {name!r}; {hint}valid fields are {valid}"
+    )
 
 
 def _nearest_divisor(n: int, target: int) -> int:

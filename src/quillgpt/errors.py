@@ -15,3 +15,10 @@ class CheckpointError(QuillError):
 
 class DataError(QuillError):
     """A corpus, tokenizer or token file cannot be used as asked."""
+
+
+class ConfigError(QuillError, ValueError):
+    """A configuration value has the wrong type or an impossible value, or a key is unknown.
+
+    Also a ``ValueError``, as a bad argument to a constructor is in Python.
+    """

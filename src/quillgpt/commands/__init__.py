@@ -11,7 +11,7 @@ import argparse
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--threads`` and ``--device``, shared by the verbs that run a model."""
-    from quillgpt.optimize.devices import DEVICE_CHOICES
+    from quillgpt.device import DEVICE_CHOICES
 
     parser.add_argument(
         "--threads",

@@ -25,7 +25,7 @@ HELP = "validation loss, perplexity and bits per byte of a checkpoint (fp32 or i
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``quill eval``."""
-    from quillgpt.inference import QUANTIZE_CHOICES
+    from quillgpt.inference.loading import QUANTIZE_CHOICES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Examples::", 1)[1].rstrip()
@@ -50,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the figures; return 0."""
+    from quillgpt.device import set_threads
     from quillgpt.errors import QuillError
-    from quillgpt.inference import evaluate_loaded, load_for_inference, open_eval_data, set_threads
+    from quillgpt.inference.loading import evaluate_loaded, load_for_inference, open_eval_data
 
     set_threads(args.threads)
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):

@@ -24,7 +24,7 @@ HELP = "stream text from a checkpoint (sampling options, int8, any device)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``quill generate``."""
-    from quillgpt.inference import QUANTIZE_CHOICES
+    from quillgpt.inference.loading import QUANTIZE_CHOICES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Examples::", 1)[1].rstrip()
@@ -83,7 +83,8 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, generate ``--num-samples`` continuations to stdout; return 0."""
-    from quillgpt.inference import encode_prompt, load_for_inference, set_threads, stream_text
+    from quillgpt.device import set_threads
+    from quillgpt.inference.loading import encode_prompt, load_for_inference, stream_text
 
     set_threads(args.threads)
     _check(args)

@@ -25,8 +25,8 @@ HELP = "profile a training step, prefill and decoding: top operators, memory, tr
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``quill profile``."""
     from quillgpt.config import MODEL_PRESETS
-    from quillgpt.inference import QUANTIZE_CHOICES
-    from quillgpt.optimize.devices import PRECISION_CHOICES
+    from quillgpt.device import PRECISION_CHOICES
+    from quillgpt.inference.loading import QUANTIZE_CHOICES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Examples::", 1)[1].rstrip()
@@ -69,12 +69,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from quillgpt import DecoderLM, ModelConfig, load_checkpoint
+    from quillgpt.device import resolve_device, set_threads
     from quillgpt.errors import QuillError
-    from quillgpt.inference import set_threads
-    from quillgpt.optimize.decode import prepare_for_decoding
-    from quillgpt.optimize.devices import resolve_device
-    from quillgpt.optimize.profile import profile_model, to_markdown
-    from quillgpt.optimize.quantize import quantize_int8
+    from quillgpt.inference.decode import prepare_for_decoding
+    from quillgpt.inference.quantize import quantize_int8
+    from quillgpt.tools.profile import profile_model
+    from quillgpt.tools.profile_report import to_markdown
 
     set_threads(args.threads)
     if min(args.batch_size, args.prompt_len, args.decode_tokens, args.repeats, args.top) < 1:

@@ -21,7 +21,7 @@ HELP = "quantize a checkpoint's linear layers to int8 (dynamic) and save it, pic
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``quill quantize``."""
-    from quillgpt.optimize.quantize import BACKENDS, DEFAULT_BACKEND
+    from quillgpt.inference.quantized_linear import BACKENDS, DEFAULT_BACKEND
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Examples::", 1)[1].rstrip()
@@ -47,12 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from quillgpt import load_checkpoint
     from quillgpt.checkpoint import TOKENIZER_FILE, read_config
     from quillgpt.errors import QuillError
-    from quillgpt.optimize.quantize import (
-        is_quantized_checkpoint,
-        linear_weight_bytes,
-        quantize_int8,
-        save_quantized,
-    )
+    from quillgpt.inference.quantize import linear_weight_bytes, quantize_int8
+    from quillgpt.inference.quantized_checkpoint import is_quantized_checkpoint, save_quantized
 
     source, out = Path(args.run_dir), Path(args.out_dir)
     if source.resolve() == out.resolve():

@@ -6,7 +6,7 @@ Examples::
     quill sweep --grid 2x64,4x256,6x384 --budget 1m --report /tmp/sweep
     quill sweep --budget 5m --train-arg compile=off --train-arg batch_size=16
 
-Each size is a ``quill train`` run (BPE Shakespeare settings, see quillgpt.sweep) into
+Each size is a ``quill train`` run (BPE Shakespeare settings, see quillgpt.tools.sweep) into
 ``--out/L{layers}xC{width}``; finished sizes are reused, so an interrupted sweep picks up where it
 stopped. The report folder gets sweep.md, sweep.json, sweep_bpb.png and sweep_curves.png.
 """
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the sweep, write the report, print the table; return 0."""
     from quillgpt.errors import QuillError
-    from quillgpt.sweep import markdown, parse_grid, run_sweep, write_report
+    from quillgpt.tools.sweep import markdown, parse_grid, run_sweep, write_report
     from quillgpt.training.config import parse_duration
 
     grid = parse_grid(args.grid)

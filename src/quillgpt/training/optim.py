@@ -10,9 +10,12 @@ head *is* the token embedding, so it does not decay either.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
+
+from quillgpt.training.config import TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
@@ -47,41 +50,27 @@ def _is_dtensor(param: torch.Tensor) -> bool:
     return type(param).__name__ == "DTensor"
 
 
-def build_optimizer(
-    model: nn.Module,
-    *,
-    lr: float,
-    weight_decay: float,
-    betas: tuple[float, float],
-    eps: float,
-    device: torch.device,
-    impl: str = "auto",
-) -> torch.optim.AdamW:
-    """Return ``torch.optim.AdamW`` over :func:`param_groups` with the requested kernel.
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """Return ``torch.optim.AdamW`` over :func:`param_groups`, set from ``cfg``.
 
-    ``impl``: ``fused`` (one kernel for all parameters: CUDA, XPU, MPS and CPU), ``foreach``
-    (multi-tensor operations), ``for-loop`` (one parameter at a time, the reference), or
-    ``auto``: fused, except foreach for sharded (FSDP2) parameters. On the development CPU the
-    fused step is 3.5x (0.8M parameters) to 4.3x (10.8M) faster than foreach
-    (``benchmarks/bench_optimizer.py``).
+    ``cfg.optimizer_impl`` picks the kernel: ``fused`` (one kernel for all parameters: CUDA,
+    XPU, MPS and CPU), ``foreach`` (multi-tensor operations), ``for-loop`` (one parameter at a
+    time, the reference), or ``auto``: fused, except foreach for sharded (FSDP2) parameters and
+    where fused is unavailable. Fused is the fastest on the CPUs measured
+    (``benchmarks/bench_optimizer.py``, docs/performance.md).
     """
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, cfg.weight_decay)
     sharded = any(_is_dtensor(p) for g in groups for p in g["params"])  # type: ignore[attr-defined]
-    requested = impl
+    impl = cfg.optimizer_impl
     if impl == "auto":
         impl = "foreach" if sharded else "fused"
-    kwargs: dict[str, object] = {"lr": lr, "betas": betas, "eps": eps}
-    if impl == "fused":
-        kwargs["fused"] = True
-    elif impl == "foreach":
-        kwargs["foreach"] = True
-    else:
-        kwargs["foreach"] = False
+    common: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
+    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}}.get(impl, {"foreach": False})
     try:
-        return torch.optim.AdamW(groups, **kwargs)
+        return torch.optim.AdamW(groups, **common, **kernel)
     except RuntimeError as exc:
         if impl != "fused":
             raise
-        if requested == "fused":
+        if cfg.optimizer_impl == "fused":
             warnings.warn(f"fused AdamW is unavailable here ({exc}); using foreach", stacklevel=2)
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+        return torch.optim.AdamW(groups, **common, foreach=True)

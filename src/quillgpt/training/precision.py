@@ -1,6 +1,6 @@
 """Mixed precision: the autocast context and the gradient scaler, chosen per device.
 
-The policy itself lives in :func:`quillgpt.optimize.devices.autocast_dtype`: bf16 on GPUs that
+The policy itself lives in :func:`quillgpt.device.autocast_dtype`: bf16 on GPUs that
 have it, fp16 (with loss scaling) on older ones, bf16 on a CPU only when it computes bf16 natively
 (AVX-512 BF16 / AMX), fp32 otherwise, with a warning when an explicit request cannot be honoured.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from quillgpt.optimize.devices import autocast_dtype, needs_grad_scaler
+from quillgpt.device import autocast_dtype, needs_grad_scaler
 
 _DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 

@@ -3,18 +3,41 @@
 The loop is the whole story of inference: encode the prompt once (the *prefill*), then repeatedly
 pick a token from the last position's distribution and feed only that token back (the *decode*
 steps), reusing the cached keys and values of everything before it.
+
+The functions take the model (as gpt-fast's do) and know it only through :class:`Decoder`, the
+three things decoding needs, so this module imports nothing of the model's: ``DecoderLM`` uses
+it for ``generate`` and ``stream``, never the other way round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from quillgpt.model.decoder import DecoderLM
+from quillgpt.config import ModelConfig
+from quillgpt.model.kv_cache import KVCache
+
+
+class Decoder(Protocol):
+    """What decoding needs of a model (:class:`~quillgpt.DecoderLM` is one)."""
+
+    config: ModelConfig
+    training: bool
+
+    def new_kv_cache(self, batch_size: int) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to ``block_size`` tokens."""
+        ...
+
+    def next_token_logits(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits ``(B, V)`` of the token after ``idx`` ``(B, T)``, appending to ``kv_cache``."""
+        ...
+
+    def train(self, mode: bool = True) -> Any:
+        """Switch training mode (dropout) on or off."""
+        ...
 
 
 def filter_logits(
@@ -62,7 +85,7 @@ def choose_next(
 
 
 def generate_stream(
-    model: DecoderLM,
+    model: Decoder,
     idx: torch.Tensor,
     max_new_tokens: int = 32,
     temperature: float = 0.0,
@@ -96,7 +119,7 @@ def generate_stream(
     if seed is not None:
         generator = torch.Generator(device=idx.device).manual_seed(seed)
     was_training = model.training
-    model.eval()
+    model.train(False)
     try:
         with torch.inference_mode():
             context = idx[:, -block_size:]

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quillgpt.training.distributed import all_reduce_max, all_reduce_sum
+from quillgpt.device import all_reduce
 
 if TYPE_CHECKING:
     from quillgpt.data import PreparedData
@@ -122,11 +122,11 @@ def evaluate(
     if sharded:
         if num_batches is None:
             raise ValueError("evaluate(sharded=True) needs num_batches")
-        (most,) = all_reduce_max([float(num_batches)], device)
+        (most,) = all_reduce([float(num_batches)], device, op="max")
         for _ in range(int(most) - num_batches):
             with autocast():  # type: ignore[attr-defined]
                 forward(torch.zeros(1, 1, dtype=torch.long, device=device))
-    total_nats, total_targets = all_reduce_sum([float(nats), float(targets)], device)
+    total_nats, total_targets = all_reduce([float(nats), float(targets)], device)
     if total_targets == 0:
         raise ValueError("the validation sample is empty; increase eval_tokens")
     loss = total_nats / total_targets
@@ -136,6 +136,50 @@ def evaluate(
         bpb=loss / math.log(2) * tokens_per_byte,
         targets=int(total_targets),
     )
+
+
+def evaluate_windows(
+    model: nn.Module,
+    data: PreparedData,
+    *,
+    sample_tokens: int,
+    batch_size: int,
+    autocast: Callable[[], object],
+    rank: int = 0,
+    world_size: int = 1,
+    sharded: bool = False,
+) -> EvalResult:
+    """The training run's evaluation of ``model`` on the validation split.
+
+    On the fixed sample of about ``sample_tokens`` tokens (:func:`sample_starts`), or with
+    ``sample_tokens=0`` on the whole split.
+
+    Each rank evaluates its share (``rank`` of ``world_size``); the figures are summed over all.
+    ``model`` maps ``(x, y)`` to ``(logits, loss)`` and has a ``config.block_size``.
+    """
+    from quillgpt.data import TokenWindows, make_eval_loader
+
+    T = model.config.block_size  # type: ignore[union-attr]
+    if sample_tokens == 0:
+        loader = make_eval_loader(data, T, batch_size, rank=rank, world_size=world_size)
+        batches: Iterable[Batch] = loader
+        count = len(loader)
+    else:
+        windows = TokenWindows(data.path("validation"), data.dtype, T)
+        starts = sample_starts(data.val_tokens, T, max(1, sample_tokens // T))
+        offsets = sample_batches(starts, batch_size, rank=rank, world_size=world_size)
+        batches = (windows.__getitems__(o) for o in offsets)
+        count = len(offsets)
+    with eval_mode(model):
+        return evaluate(
+            lambda x: model(x)[0],
+            batches,
+            device=next(model.parameters()).device,
+            autocast=autocast,
+            tokens_per_byte=(data.val_tokens - 1) / data.val_bytes,
+            num_batches=count,
+            sharded=sharded,
+        )
 
 
 @contextlib.contextmanager

@@ -2,16 +2,18 @@
 
 ``--device auto`` picks CUDA, then Intel XPU (integrated Iris Xe and Arc GPUs through PyTorch's
 native ``xpu`` backend), then Apple MPS, then the CPU. Everything device-specific that the rest of
-the code needs (autocast dtype, synchronisation, peak memory) goes through this module, so the
-trainer and the benchmarks read the same on every device.
+the code needs (threads, autocast dtype, synchronisation, peak memory, a sum over processes)
+goes through this module, so the trainer and the benchmarks read the same on every device.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import platform
 import resource
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -190,3 +192,45 @@ def ipex_optimize(
         return ipex.optimize(model, dtype=dtype), None, True
     model, optimizer = ipex.optimize(model, optimizer=optimizer, dtype=dtype)
     return model, optimizer, True
+
+
+def compiler_pays_off(device: torch.device) -> bool:
+    """Whether ``torch.compile`` is worth turning on for ``device`` (``--compile auto``).
+
+    On CUDA and XPU it is. On a CPU, inductor generates C++ and needs a compiler; with one it
+    paid off on the measured CPUs (docs/performance.md). MPS support is still experimental: off.
+    """
+    if device.type in ("cuda", "xpu"):
+        return True
+    if device.type == "cpu":
+        compilers = (os.environ.get("CXX", "g++"), "clang++")
+        return any(shutil.which(c) is not None for c in compilers)
+    return False
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads in PyTorch; ``None`` keeps its default (one per core).
+
+    Fewer threads than cores pays off when other processes keep cores busy: each parallel
+    operation waits for its slowest thread, and a thread whose core is taken waits for a time
+    slice (see docs/devices.md, "CPU").
+    """
+    if threads is None:
+        return
+    if threads < 1:
+        raise QuillError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def all_reduce(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
+    """Element-wise ``sum`` or ``max`` of ``values`` over every process (identity for one).
+
+    Training and evaluation call it so that all ranks agree: on the summed loss, on a stop.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor.tolist()

@@ -26,9 +26,9 @@ from quillgpt.checkpoint import (
     load_checkpoint,
     read_config,
 )
+from quillgpt.device import resolve_device
 from quillgpt.errors import CheckpointError, QuillError
 from quillgpt.model.decoder import DecoderLM
-from quillgpt.optimize.devices import resolve_device
 
 QUANTIZE_CHOICES = ("none", "int8")
 
@@ -109,10 +109,10 @@ def load_for_inference(
             ``model.safetensors``, ``config.json`` and ``tokenizer.json``.
         device: ``auto|cpu|cuda|mps|xpu``; int8 models run on the CPU (``auto`` then picks it).
         quantize: ``"none"`` or ``"int8"`` (dynamic int8 of the linear layers, see
-            :mod:`quillgpt.optimize.quantize`). A checkpoint written by ``quill quantize`` is
+            :mod:`quillgpt.inference.quantize`). A checkpoint written by ``quill quantize`` is
             int8 whatever this says.
         fast_decode: on a CPU in fp32, convert the linear layers to
-            :class:`~quillgpt.optimize.decode.DecodeLinear` for faster token-by-token decoding.
+            :class:`~quillgpt.inference.decode.DecodeLinear` for faster token-by-token decoding.
 
     On an Intel GPU (``xpu``), Intel's Extension for PyTorch is applied (``ipex.optimize``) only
     if it is installed and built for this torch version, and ``notes`` says so.
@@ -122,11 +122,8 @@ def load_for_inference(
             or does not match.
         QuillError: if an int8 model is asked to run on an accelerator.
     """
-    from quillgpt.optimize.quantize import (
-        is_quantized_checkpoint,
-        load_quantized,
-        quantize_int8,
-    )
+    from quillgpt.inference.quantize import quantize_int8
+    from quillgpt.inference.quantized_checkpoint import is_quantized_checkpoint, load_quantized
 
     if quantize not in QUANTIZE_CHOICES:
         raise QuillError(f"unknown --quantize {quantize!r}; choose one of {QUANTIZE_CHOICES}")
@@ -157,13 +154,13 @@ def load_for_inference(
         if int8:
             quantize_int8(model)
     if target.type == "xpu":
-        from quillgpt.optimize.devices import ipex_optimize
+        from quillgpt.device import ipex_optimize
 
         model, _, applied = ipex_optimize(model.eval())
         if applied:
             notes.append("intel_extension_for_pytorch matches torch: ipex.optimize applied")
     if fast_decode and not int8 and target.type == "cpu":
-        from quillgpt.optimize.decode import prepare_for_decoding
+        from quillgpt.inference.decode import prepare_for_decoding
 
         prepare_for_decoding(model)
     return LoadedModel(model.eval(), tokenizer, target, path, document, int8, notes)
@@ -277,27 +274,13 @@ def evaluate_loaded(
 ) -> Any:
     """Loss, perplexity and bits per byte of ``loaded`` on ``split`` of prepared ``data``.
 
-    :func:`quillgpt.training.evaluate_model` under ``torch.inference_mode``: every token of the
+    :func:`quillgpt.evaluation_model` under ``torch.inference_mode``: every token of the
     split but the first is a target exactly once; ``max_batches`` stops early. Returns a
-    :class:`quillgpt.training.evaluate.EvalResult`.
+    :class:`quillgpt.evaluation.EvalResult`.
     """
-    from quillgpt.training.evaluate import evaluate_model
+    from quillgpt.evaluation import evaluate_model
 
     with torch.inference_mode():
         return evaluate_model(
             loaded.model, data, split=split, batch_size=batch_size, max_batches=max_batches
         )
-
-
-def set_threads(threads: int | None) -> None:
-    """Use ``threads`` CPU threads in PyTorch; ``None`` keeps its default (one per core).
-
-    Fewer threads than cores pays off when other processes keep cores busy: each parallel
-    operation waits for its slowest thread, and a thread whose core is taken waits for a time
-    slice (see docs/devices.md, "CPU").
-    """
-    if threads is None:
-        return
-    if threads < 1:
-        raise QuillError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)

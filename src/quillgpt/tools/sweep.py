@@ -91,7 +91,8 @@ def train_command(
 
 def summarize(run_dir: Path) -> dict[str, Any]:
     """One row of the table from a finished run directory (``config.json``, ``metrics.jsonl``)."""
-    from quillgpt import DecoderLM, ModelConfig
+    from quillgpt.config import ModelConfig
+    from quillgpt.model import DecoderLM
 
     document = json.loads((run_dir / "config.json").read_text())
     config = ModelConfig.from_dict(document["model"])

@@ -1,1 +1,0 @@
-"""Making models fast and small: devices, mixed precision, quantization, profiling."""

@@ -1,0 +1,257 @@
+"""The run directory, and the resume state in ``train_state.pt``.
+
+::
+
+    config.json          {"model": ..., "train": ..., "data": ..., "state": {"step": ...}}
+    tokenizer.json
+    model.safetensors    latest weights (what ``quill generate`` loads)
+    train_state.pt       everything for --resume, weights included (one atomic file)
+    best/                weights with the lowest validation loss so far
+    metrics.jsonl, loss.png, samples.txt      (written by :mod:`quillgpt.training.report`)
+
+``train_state.pt`` is read back with ``torch.load(weights_only=True)``, which refuses arbitrary
+pickled objects, so it holds only tensors, numbers, strings, lists and dicts (the random-number
+generators are converted to that form by :mod:`~quillgpt.training.rng`). It carries the model
+weights next to the optimiser state, so one atomic rename makes a consistent snapshot (two files
+renamed one after the other would disagree if the process were killed between the renames).
+``model.safetensors`` beside it is the same weights in the safe, portable format for users.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from quillgpt.checkpoint import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    atomic_write,
+    atomic_write_text,
+    save_state_dict,
+)
+from quillgpt.config import ModelConfig
+from quillgpt.errors import CheckpointError, QuillError
+from quillgpt.training.config import TrainConfig
+from quillgpt.training.parallel import Parallel
+from quillgpt.training.precision import Precision
+from quillgpt.training.rng import capture_rng_state, restore_rng_state
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from quillgpt.data import PreparedData
+    from quillgpt.evaluation import EvalResult
+
+TRAIN_STATE_FILE = "train_state.pt"
+BEST_DIR = "best"
+FORMAT_VERSION = 2  # 2: the loop's counters are one "loop" dict; no scheduler state
+
+
+class RunDir:
+    """One run directory: what it holds, and how it is read and written (rank 0 writes).
+
+    It knows what the run is (both configs, the data, the processes, the precision), so that
+    ``config.json`` and ``train_state.pt`` always describe it fully.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model_config: ModelConfig,
+        data: PreparedData,
+        par: Parallel,
+        precision: Precision,
+    ) -> None:
+        self.path = Path(cfg.out_dir)
+        self.cfg, self.model_config, self.data = cfg, model_config, data
+        self.par, self.precision = par, precision
+        self.tokenizer_sha256 = str(data.meta["tokenizer"]["sha256"])
+
+    def open(self, *, resume: bool) -> dict[str, Any] | None:
+        """Refuse to overwrite a run; with ``resume``, load and check its ``train_state.pt``.
+
+        Returns the saved state, or ``None`` for a fresh start (also when there is nothing to
+        resume yet: a run killed before its first checkpoint starts again).
+
+        Raises:
+            QuillError: the directory holds a run and ``resume`` is off.
+            CheckpointError: the saved run has another model config or tokenizer, or is damaged.
+        """
+        state_path = self.path / TRAIN_STATE_FILE
+        if not resume:
+            if state_path.exists():
+                raise QuillError(
+                    f"{self.path} already holds a run (train_state.pt); pass --resume to "
+                    "continue it, or choose another --out_dir"
+                )
+            return None
+        if not state_path.exists():
+            return None
+        saved = load_train_state(self.path)
+        if saved.get("tokenizer_sha256") != self.tokenizer_sha256:
+            raise CheckpointError(
+                f"cannot resume {self.path}: the tokenizer differs from the one it was trained "
+                "with; use the same data and tokenizer options as the original run"
+            )
+        ours, theirs = self.model_config.to_dict(), saved.get("model_config", {})
+        diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        if diff:
+            raise CheckpointError(
+                f"cannot resume {self.path}: the model config differs from the checkpoint's in "
+                f"{', '.join(diff)}; resume without model options (or with the same ones)"
+            )
+        return saved
+
+    def document(self, loop: Any) -> dict[str, Any]:
+        """The contents of ``config.json``: both configs, the data, and where the run stands."""
+        data = self.data
+        return {
+            "model": self.model_config.to_dict(),
+            "train": self.cfg.to_dict(),
+            "data": {
+                "prepared": str(data.directory),
+                "tokenizer_sha256": self.tokenizer_sha256,
+                "val_tokens": data.val_tokens,
+                "val_bytes": data.val_bytes,
+            },
+            "state": {
+                **asdict(loop),
+                "world_size": self.par.world_size,
+                "precision": self.precision.name,
+            },
+        }
+
+    def write_config(self, loop: Any) -> None:
+        """Write ``config.json`` and ``tokenizer.json``; sweep away leftovers of killed writes."""
+        if not self.par.is_main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        for stale in [*self.path.glob(".*.tmp"), *self.path.glob(f"{BEST_DIR}/.*.tmp")]:
+            stale.unlink(missing_ok=True)  # a half-written file of a process that was killed
+        atomic_write_text(self.path / CONFIG_FILE, json.dumps(self.document(loop), indent=2))
+        shutil.copyfile(self.data.tokenizer_path, self.path / TOKENIZER_FILE)
+
+    def save(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loop: Any,
+        *,
+        final: bool,
+        log: Callable[[str], None],
+    ) -> None:
+        """Checkpoint: ``train_state.pt``, then ``model.safetensors`` and ``config.json``.
+
+        The resume state is the loop's counters (``loop``), the optimiser and grad-scaler
+        states, every rank's random streams and the weights; :meth:`restore` puts it back. A
+        failed periodic save is logged and training goes on (the previous checkpoint is
+        intact); a failed ``final`` save raises :class:`~quillgpt.errors.CheckpointError`.
+        """
+        par = self.par
+        model_state, optimizer_state = par.full_state_dicts(model, optimizer)  # FSDP: collective
+        rng = par.gather(capture_rng_state())
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "loop": asdict(loop),
+            "optimizer": optimizer_state,
+            "scaler": self.precision.scaler.state_dict(),
+            "rng": rng,
+            "world_size": par.world_size,
+            "model_config": self.model_config.to_dict(),
+            "train_config": self.cfg.to_dict(),
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "model": model_state,
+        }
+        error: CheckpointError | None = None
+        if par.is_main:
+            try:
+                self._write_train_state(payload)
+                self._save_weights(self.path, model_state, self.document(loop))
+            except CheckpointError as exc:
+                error = exc
+        par.barrier()
+        if error is not None and final:
+            raise error
+        if error is not None:
+            log(f"warning: checkpoint at step {loop.step} failed: {error}")
+
+    def restore(
+        self, saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> dict[str, Any]:
+        """Load what :meth:`save` saved into the model, optimiser, scaler and random streams.
+
+        Returns the loop's counters. Resumed on another number of processes, the random streams
+        start anew (the data order and dropout masks then differ from an uninterrupted run).
+        """
+        self.par.load_full_state_dicts(model, optimizer, saved["model"], saved["optimizer"])
+        self.precision.scaler.load_state_dict(saved["scaler"])
+        if len(saved["rng"]) == self.par.world_size:
+            restore_rng_state(saved["rng"][self.par.rank])
+        return saved["loop"]
+
+    def save_best(
+        self, model: nn.Module, loop: Any, result: EvalResult, *, log: Callable[[str], None]
+    ) -> None:
+        """Write ``best/``: weights, config with a ``best`` section, tokenizer.
+
+        A failure is logged, not fatal (training goes on; ``best/`` keeps its last good copy).
+        """
+        model_state, _ = self.par.full_state_dicts(model, None)  # with FSDP: a collective
+        if not self.par.is_main:
+            return
+        document = self.document(loop)
+        document["best"] = {"step": loop.step, "val_loss": result.loss, "val_bpb": result.bpb}
+        try:
+            self._save_weights(self.path / BEST_DIR, model_state, document)
+        except CheckpointError as exc:
+            log(f"warning: could not update {BEST_DIR}/: {exc}")
+
+    def _write_train_state(self, payload: dict[str, Any]) -> None:
+        path = self.path / TRAIN_STATE_FILE
+        try:
+            atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        except OSError as exc:
+            raise CheckpointError(
+                f"could not write {path}: {exc.strerror or exc}; free disk space or fix "
+                "permissions (the previous checkpoint is unchanged)"
+            ) from exc
+
+    def _save_weights(
+        self, path: Path, model_state: dict[str, Any], document: dict[str, Any]
+    ) -> None:
+        extra = {k: v for k, v in document.items() if k != "model"}
+        save_state_dict(
+            model_state, self.model_config, path, self.data.tokenizer_path, extra_config=extra
+        )
+
+
+def load_train_state(run_dir: str | Path) -> dict[str, Any]:
+    """Read ``run_dir/train_state.pt`` (``weights_only=True``: no arbitrary unpickling).
+
+    Raises:
+        CheckpointError: if the file is missing, corrupt, or from another format version.
+    """
+    path = Path(run_dir) / TRAIN_STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"cannot resume: no {TRAIN_STATE_FILE} in {run_dir}; start a new run without --resume"
+        )
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a damaged file
+        raise CheckpointError(
+            f"cannot resume: {path} is unreadable ({exc}); it may be truncated or corrupt"
+        ) from exc
+    if not isinstance(saved, dict) or saved.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"cannot resume: {path} is not a train state of format {FORMAT_VERSION} (an older "
+            "quillgpt wrote it?); start a new run, or train on from its weights with "
+            "train(..., model=load_checkpoint(run))"
+        )
+    return saved
