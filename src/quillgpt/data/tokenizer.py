@@ -74,8 +74,8 @@ def train_char(texts: Iterable[str]) -> Tokenizer:
 
     The model is a BPE with no merges and no pre-tokenizer: it splits text into single code
     points (spaces and newlines included) and maps each to its id, or to ``<|unk|>``. That is
-    exactly a character-level tokenizer, and 4x faster in ``tokenizers`` than a ``WordLevel``
-    model fed one character at a time. A ``Fuse`` decoder joins tokens back without spaces.
+    exactly a character-level tokenizer, and faster in ``tokenizers`` than a ``WordLevel`` model
+    fed one character at a time. A ``Fuse`` decoder joins tokens back without spaces.
     """
     alphabet: set[str] = set()
     for text in texts:

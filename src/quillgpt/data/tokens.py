@@ -204,11 +204,6 @@ class PreparedData:
         return self.num_tokens("validation")
 
     @property
-    def train_bytes(self) -> int:
-        """Bits-per-byte denominator of the train split."""
-        return self.num_bytes("train")
-
-    @property
     def val_bytes(self) -> int:
         """Bits-per-byte denominator of the validation split: ``nats / val_bytes / ln 2``."""
         return self.num_bytes("validation")

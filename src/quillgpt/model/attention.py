@@ -88,7 +88,8 @@ class MultiHeadSelfAttention(nn.Module):
 
     Training with attention dropout on a CPU always takes the written-out path: PyTorch's CPU
     kernels draw the ``(B, H, T, T)`` dropout mask one Bernoulli sample at a time, while
-    :func:`~quillgpt.model.dropout.dropout` draws it about 6x faster.
+    :func:`~quillgpt.model.dropout.dropout` draws it several times faster (measured in
+    docs/performance.md, ``benchmarks/bench_dropout.py``).
 
     Shapes: ``x (B, T, C) -> (B, T, C)``.
     """

@@ -26,7 +26,6 @@ import math
 import os
 import random
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +38,11 @@ from torch import nn
 from quillgpt.config import ModelConfig
 from quillgpt.data import PreparedData, make_train_loader
 from quillgpt.data.token_windows import Batch
-from quillgpt.device import compiler_pays_off, resolve_device, set_threads
+from quillgpt.device import resolve_device, set_threads
 from quillgpt.errors import QuillError
 from quillgpt.evaluation import EvalResult
 from quillgpt.model import DecoderLM
+from quillgpt.training.compiling import compiled, first_compiled_step
 from quillgpt.training.config import TrainConfig
 from quillgpt.training.given_model import checked_model_config
 from quillgpt.training.optim import build_optimizer
@@ -195,8 +195,8 @@ def train(
     wrapped = par.wrap(model)  # DDP returns a wrapper; FSDP shards the model in place
     optimizer = build_optimizer(model, cfg)
     state = LoopState() if saved is None else LoopState(**run.restore(saved, model, optimizer))
-    compiling = cfg.compile == "on" or (cfg.compile == "auto" and compiler_pays_off(par.device))
-    forward = torch.compile(wrapped, backend=compile_backend) if compiling else wrapped
+    forward = compiled(wrapped, cfg.compile, par.device, compile_backend)
+    compiling = forward is not wrapped
     report = Reporter(run.path, cfg, active=par.is_main, log=log)
     run.write_config(state)
     report.drop_after(state.step if saved is not None else -1)
@@ -286,28 +286,3 @@ def train(
     report.close()
     par.barrier()
     return result
-
-
-def first_compiled_step(
-    step: Callable[..., tuple[float, float]],
-    compiled: Callable[..., Any],
-    eager: nn.Module,
-    micro: list[Batch],
-    optimizer: torch.optim.Optimizer,
-) -> tuple[Callable[..., Any], tuple[float, float]]:
-    """Run the first step through ``compiled``; if the compiler fails, warn and go eager.
-
-    Only the compiler's own failures (``torch._dynamo`` wraps them all: a missing C++ toolchain,
-    an unsupported operation) fall back. Anything else, an out-of-memory error included, is
-    raised as it is. Returns the forward to use from now on and the step's (loss, norm).
-    """
-    try:
-        return compiled, step(compiled, micro_batches=micro)
-    except torch._dynamo.exc.TorchDynamoException as exc:
-        warnings.warn(
-            f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "continuing without compilation (--compile off silences this)",
-            stacklevel=2,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        return eager, step(eager, micro_batches=micro)
