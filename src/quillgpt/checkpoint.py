@@ -141,6 +141,20 @@ def write_checkpoint_files(
         ) from exc
 
 
+def check_weight_names(expected: set[str], found: set[str], weights_path: Path) -> None:
+    """Refuse a weights file whose tensor names are not those its config's model has.
+
+    Raises:
+        CheckpointError: naming (up to five of) the missing and the unexpected tensors.
+    """
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights_path} does not match its config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """Return the parsed ``config.json`` of the checkpoint directory ``path``."""
     config_path = Path(path) / CONFIG_FILE
@@ -192,12 +206,7 @@ def load_checkpoint(
     expected = set(model.state_dict())
     if config.tie_weights:
         expected.discard("lm_head.weight")
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights_path} does not match its config: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+    check_weight_names(expected, set(state), weights_path)
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as exc:

@@ -20,6 +20,7 @@ from torch import nn
 
 from quillgpt.checkpoint import (
     WEIGHTS_FILE,
+    check_weight_names,
     read_config,
     write_checkpoint_files,
 )
@@ -113,12 +114,7 @@ def load_quantized(path: str | Path, *, backend: str | None = None) -> DecoderLM
     expected = set(model.state_dict())
     if config.tie_weights and "lm_head" not in info["layers"]:
         expected.discard("lm_head.weight")
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path / WEIGHTS_FILE} does not match its config: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+    check_weight_names(expected, set(state), path / WEIGHTS_FILE)
     if "lm_head.weight" in state and config.tie_weights:
         model.lm_head.weight = nn.Parameter(torch.empty_like(model.tok_emb.weight))  # untie
     try:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
+import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +80,11 @@ class Parallel:
             device = torch.device(device.type, int(os.environ["LOCAL_RANK"]))
             getattr(torch, device.type).set_device(device)
         if not dist.is_initialized():
+            # torch.distributed.nn binds the default group into default arguments when first
+            # imported (DDP's constructor imports it): imported after the group exists, it
+            # would keep it alive past shutdown() (see there). Imported first, it binds None.
+            importlib.import_module("torch.distributed.nn")
+
             backend = {"cuda": "nccl", "xpu": "xccl"}.get(device.type, "gloo")
             dist.init_process_group(
                 backend=backend,
@@ -96,6 +103,14 @@ class Parallel:
         """Whether parameters are sharded across processes (FSDP)."""
         return self.world_size > 1 and self.mode == "fsdp"
 
+    @property
+    def can_sample(self) -> bool:
+        """Whether this process can generate text alone: rank 0, holding the whole model.
+
+        With FSDP each forward pass is a collective, so sampling would need every rank.
+        """
+        return self.is_main and not self.sharded
+
     def wrap(self, model: nn.Module) -> nn.Module:
         """Return the module the training step calls: ``model`` itself, DDP- or FSDP-wrapped.
 
@@ -104,12 +119,15 @@ class Parallel:
         if self.world_size == 1:
             return model
         if self.sharded:
+            from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+            mesh = init_device_mesh(self.device.type, (self.world_size,))
+            _MESHES.append(mesh)  # its group references are dropped at shutdown()
             policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)
             for block in model.blocks:  # type: ignore[union-attr]
-                fully_shard(block, mp_policy=policy)
-            return fully_shard(model, mp_policy=policy)
+                fully_shard(block, mesh=mesh, mp_policy=policy)
+            return fully_shard(model, mesh=mesh, mp_policy=policy)
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type in ("cuda", "xpu") else None
@@ -205,7 +223,27 @@ class Parallel:
         )
 
     def shutdown(self) -> None:
-        """Leave the process group once every rank is done with it (a no-op for one process)."""
-        if self.world_size > 1 and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+        """Leave the process group and stop its threads (a no-op for one process).
+
+        Call it after the last collective, once the wrapped model is gone (DDP and FSDP hold the
+        group). The group is then freed here, and gloo's destructor joins its worker threads
+        while the interpreter is alive. Left to interpreter exit, a worker thread that releases
+        a finished collective's last reference to a Python tensor needs the GIL; Python ends
+        such a thread during finalisation, and unwinding through a C++ destructor aborts the
+        process ("terminate called without an active exception", SIGABRT after a finished run:
+        the flaky CI failure of the 2-process tests).
+        """
+        if self.world_size == 1 or not dist.is_initialized():
+            return
+        # DTensor's caches keep every DTensor's DeviceMesh, and a mesh its groups in
+        # _pg_registry (used while tracing for torch.compile): drop them so the group can go.
+        for mesh in _MESHES:
+            registry = getattr(mesh, "_pg_registry", None)
+            if isinstance(registry, dict):
+                registry.clear()
+        _MESHES.clear()
+        gc.collect()  # FSDP's module states and hooks form reference cycles that reach the group
+        dist.destroy_process_group()  # drops the last reference: the backend joins its threads
+
+
+_MESHES: list[Any] = []  # the DeviceMeshes wrap() made for FSDP, for shutdown()

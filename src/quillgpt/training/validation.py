@@ -63,7 +63,7 @@ def validate(
         if improved and cfg.save_best:
             run.save_best(model, state, result, log=report.log)
         report.eval_line(state, result, improved, lr)
-        if par.is_main and not par.sharded:  # sharded weights: sampling would need every rank
+        if par.can_sample:
             report.samples(samples(model, run.data, cfg, precision, state))
         report.plot()
     report.restart_meter(state.tokens)
