@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,10 +36,12 @@ def reference(data, tmp_path_factory):
     return load_file(str(out / "model.safetensors")), read_metrics(out / "metrics.jsonl")
 
 
-def torchrun(args: list[str], log) -> int:
+def torchrun(
+    args: list[str], log, target: tuple[str, ...] = ("-m", "quillgpt.cli", "train")
+) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "2", "-m", "quillgpt.cli", "train", *args]  # fmt: skip
+               "2", *target, *args]  # fmt: skip
     with open(log, "wb") as handle:
         return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
                               timeout=240).returncode  # fmt: skip
@@ -69,3 +72,18 @@ def test_two_processes_equal_one_with_the_same_global_batch(data, reference, tmp
     state = load_train_state(run)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert state["loop"]["step"] == SETTINGS["max_steps"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_shutdown_leaves_no_collective_threads_behind(data, tmp_path, parallel):
+    # A gloo thread alive at interpreter exit can abort a finished run (SIGABRT): shutdown()
+    # must free the process group so that its threads are joined first.
+    child = Path(__file__).resolve().parent / "parallel_child.py"
+    corpus = str(Path(data.meta["corpus"]["source"]))
+    data_dir = str(Path(data.directory).parents[1])
+    args = [parallel, corpus, data_dir, str(tmp_path / "run")]
+    code = torchrun(args, tmp_path / "log.txt", target=(str(child),))
+    output = (tmp_path / "log.txt").read_text()
+    assert code == 0, output[-4000:]
+    assert output.count("gloo threads after []") == 2, output[-4000:]
