@@ -27,6 +27,8 @@ from common import emit, median
 
 WARMUP = 20
 SHAPES = {
+    # a step so small that the loop's own per-step cost is a visible part of it
+    "micro": dict(block_size=16, n_layer=1, n_head=1, n_embd=16),
     "tiny": dict(block_size=64, n_layer=2, n_head=2, n_embd=64),
     "mini": dict(block_size=128, n_layer=4, n_head=4, n_embd=128),
 }
