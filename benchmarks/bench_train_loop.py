@@ -13,6 +13,7 @@ from ``metrics.jsonl`` for ``train`` and from the clock for the bare loop.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +42,6 @@ def loop_seconds_per_step(model_cfg: ModelConfig, data, out: Path, steps: int, b
         precision="fp32", compile="off", device="cpu", progress=False,
     )  # fmt: skip
     train(model_cfg, cfg, data)
-    import json
-
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rows = {r["step"]: r["elapsed"] for r in lines if r["kind"] == "train"}
     return (rows[steps] - rows[WARMUP]) / (steps - WARMUP)
