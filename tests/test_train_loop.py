@@ -6,6 +6,7 @@ import copy
 import errno
 import json
 import math
+import sys
 import warnings
 
 import pytest
@@ -347,6 +348,14 @@ def test_time_budget_ends_the_run(data, tmp_path):
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.5 * cfg.lr  # decays with the clock
     weights_file = load_file(str(tmp_path / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights_file.values())
+
+
+def test_tensorboard_missing_is_one_line_and_writes_nothing(data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    cfg = train_config(tmp_path / "run", max_steps=2, tensorboard=True)
+    with pytest.raises(QuillError, match="needs the tensorboard package"):
+        train(model_config(), cfg, data)
+    assert not (tmp_path / "run").exists()
 
 
 def test_tensorboard_events_when_asked(data, tmp_path):

@@ -2,18 +2,23 @@
 
 The CLI is thin: it parses arguments and calls the library. Every verb lives in its own module
 under :mod:`quillgpt.commands`. A user error (:class:`~quillgpt.errors.QuillError`, ``ValueError``
-from config validation, a missing file) prints one line and exits with status 2, no traceback.
+from config validation, a missing file) prints one line and exits with status 2, no traceback;
+``quill --debug <verb>`` (or ``QUILLGPT_DEBUG=1``) shows the whole traceback instead. Options are
+never abbreviated (``allow_abbrev=False``): a misspelt option is an error, not another option.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from quillgpt import __version__
 from quillgpt.errors import QuillError
+
+DEBUG_ENV = "QUILLGPT_DEBUG"
 
 # verb -> module under quillgpt.commands
 VERBS: dict[str, str] = {
@@ -33,12 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quill",
         description="quillgpt: train, run and measure small decoder-only language models.",
+        allow_abbrev=False,  # `--data X` must not silently mean `--data-dir X`
     )
     parser.add_argument("--version", action="version", version=f"quillgpt {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     for verb, module_name in VERBS.items():
         module = importlib.import_module(f"quillgpt.commands.{module_name}")
-        p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(verb, help=module.HELP, description=module.HELP, allow_abbrev=False)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -54,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (QuillError, ValueError, FileNotFoundError) as exc:
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise  # the whole traceback: an internal bug can look like a user error
         print(f"quill {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

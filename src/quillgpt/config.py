@@ -58,7 +58,7 @@ class ModelConfig:
     """``sdpa``: PyTorch's fused ``scaled_dot_product_attention``; ``reference``: the
     hand-written ``softmax(QK^T/sqrt(d) + mask) V``. The same function (the tests prove it); the
     reference exists to be read."""
-    ffn_mult: Annotated[float, Field(gt=0)] = 4.0
+    ffn_mult: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 4.0
     """Hidden width of the feed-forward network as a multiple of ``n_embd``."""
     activation: Activation = "gelu"
     """``gelu`` (exact, with erf) or ``gelu_tanh`` (GPT-2's tanh approximation, used when
@@ -71,9 +71,9 @@ class ModelConfig:
     tie_weights: bool = True
     """Share the token embedding matrix with the output head (saves ``V*C`` parameters and
     usually helps small models)."""
-    rope_base: Annotated[float, Field(gt=1)] = 10000.0
+    rope_base: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 10000.0
     """The base ``theta`` of rotary frequencies."""
-    layer_norm_eps: Annotated[float, Field(gt=0)] = 1e-5
+    layer_norm_eps: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-5
     """Epsilon of every LayerNorm."""
 
     def __post_init__(self) -> None:
@@ -210,7 +210,8 @@ def _unknown(cls: type, name: str, source: str) -> ConfigError:
 
 
 def _nearest_divisor(n: int, target: int) -> int:
-    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    """The divisor of ``n`` closest to ``target`` (1 always is one, so look at most 2x up)."""
+    divisors = [d for d in range(1, min(n, 2 * target, 1 << 16) + 1) if n % d == 0]
     return min(divisors, key=lambda d: (abs(d - target), d))
 
 
