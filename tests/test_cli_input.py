@@ -74,3 +74,10 @@ def test_any_config_document_gives_configs_or_one_clear_error(tmp_path, document
         assert message and "\n" not in message
         return
     assert model.n_embd % model.n_head == 0 and train.batch_size > 0
+
+
+@pytest.mark.parametrize("flag", ["--seq-len", "--batch-size", "--decode-tokens"])
+def test_profile_refuses_sizes_below_one(capsys, flag):
+    assert cli_main(["profile", "--preset", "tiny", flag, "-1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} must be >= 1, got -1" in err and len(err.strip().splitlines()) == 1

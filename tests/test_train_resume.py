@@ -103,3 +103,28 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
     step = saved_step(run)
     assert step > 0
     assert load_file(str(run / "model.safetensors"))
+
+
+def test_a_second_quill_train_in_a_live_run_directory_is_refused(data, tmp_path):
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    args = cli_args(data, run, max_steps=100_000, ckpt_interval=0, eval_interval=10_000)
+    first = start(args, log)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "metrics.jsonl").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, log.read_text()[-3000:]
+        metrics = (run / "metrics.jsonl").read_text()
+        for extra in ([], ["--resume"]):  # a fresh start and a resume alike
+            second = subprocess.run(
+                [sys.executable, "-m", "quillgpt.cli", "train", *args, *extra],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert second.returncode == 2, second.stderr[-2000:]
+            assert "is in use" in second.stderr and f"process {first.pid}" in second.stderr
+            assert len(second.stderr.strip().splitlines()) == 1
+        assert (run / "metrics.jsonl").read_text().startswith(metrics)  # not restarted
+        assert not (run / TRAIN_STATE_FILE).exists()
+    finally:
+        first.kill()
+        first.wait()

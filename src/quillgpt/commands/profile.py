@@ -77,8 +77,12 @@ def run(args: argparse.Namespace) -> int:
     from quillgpt.tools.profile_report import to_markdown
 
     set_threads(args.threads)
-    if min(args.batch_size, args.prompt_len, args.decode_tokens, args.repeats, args.top) < 1:
-        raise QuillError("sizes, --repeats and --top must be >= 1")
+    sizes = {"--batch-size": args.batch_size, "--seq-len": args.seq_len,
+             "--prompt-len": args.prompt_len, "--decode-tokens": args.decode_tokens,
+             "--repeats": args.repeats, "--top": args.top}  # fmt: skip
+    for flag, value in sizes.items():
+        if value is not None and value < 1:
+            raise QuillError(f"{flag} must be >= 1, got {value}")
     device = resolve_device(args.device)
     if args.quantize == "int8" and device.type != "cpu":
         raise QuillError("int8 layers run on the CPU only: add --device cpu")

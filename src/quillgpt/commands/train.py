@@ -14,6 +14,7 @@ options override the config file, which overrides the defaults.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import typing
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from quillgpt.training import train
     from quillgpt.training.config import build_configs
     from quillgpt.training.parallel import Parallel
+    from quillgpt.training.run_dir import run_lock
 
     model, train_values, model_text, train_text, source = merged_sections(args)
     if not args.config and not args.resume and not model_text:
@@ -140,9 +142,12 @@ def run(args: argparse.Namespace) -> int:
         par.barrier()
         if not par.is_main:
             data = prepare()
-        if par.is_main:
-            _describe(model_cfg, train_cfg, data, par)
-        result = train(model_cfg, train_cfg, data, resume=args.resume)
+        # rank 0 holds the run directory's lock: a second `quill train` there is refused
+        lock = run_lock(train_cfg.out_dir) if par.is_main else contextlib.nullcontext()
+        with lock:
+            if par.is_main:
+                _describe(model_cfg, train_cfg, data, par)
+            result = train(model_cfg, train_cfg, data, resume=args.resume)
         if par.is_main:
             _summarize(result)
     finally:

@@ -19,9 +19,12 @@ renamed one after the other would disagree if the process were killed between th
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
 
 TRAIN_STATE_FILE = "train_state.pt"
 BEST_DIR = "best"
+LOCK_FILE = ".lock"
 FORMAT_VERSION = 2  # 2: the loop's counters are one "loop" dict; no scheduler state
 
 
@@ -229,6 +233,38 @@ class RunDir:
         save_state_dict(
             model_state, self.model_config, path, self.data.tokenizer_path, extra_config=extra
         )
+
+
+@contextlib.contextmanager
+def run_lock(path: str | Path) -> Iterator[None]:
+    """Hold ``path/.lock`` while a run trains there; refuse if another process holds it.
+
+    The lock is an ``flock`` on an open file: the system releases it when the process ends,
+    however it ends, so the lock of a killed run never blocks ``--resume``.
+
+    Raises:
+        QuillError: another live process is training in ``path``.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / LOCK_FILE, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise QuillError(
+                f"{path} is in use: {holder} is training there; wait for it to end (or stop it), "
+                "or choose another --out_dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_train_state(run_dir: str | Path) -> dict[str, Any]:
