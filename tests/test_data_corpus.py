@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import datasets
 import numpy as np
@@ -162,6 +163,42 @@ def test_file_that_is_not_utf8(tmp_path) -> None:
 def test_unknown_dataset_name(tmp_path) -> None:
     with pytest.raises(DataError, match="unknown dataset 'no-such-user/no-such-corpus'"):
         load_corpus("no-such-user/no-such-corpus", data_dir=tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file(tmp_path) -> None:
+    folder = write_txt_folder(tmp_path / "texts", make_docs(3))
+    (folder / "secret.txt").write_text("hidden\n")
+    (folder / "secret.txt").chmod(0)
+    with pytest.raises(DataError, match=r"cannot read .*secret\.txt: Permission denied"):
+        load_corpus(str(folder), data_dir=tmp_path / "data")
+
+
+def test_unreadable_file_is_one_clear_error(tmp_path, monkeypatch) -> None:
+    folder = write_txt_folder(tmp_path / "texts", make_docs(3))
+    real_open = open
+
+    def denied(file, *args, **kwargs):
+        if str(file).endswith("doc001.txt"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", denied)
+    with pytest.raises(DataError, match=r"cannot read .*doc001\.txt: Permission denied"):
+        load_corpus(str(folder), data_dir=tmp_path / "data")
+
+
+def test_a_gated_dataset_keeps_the_hubs_reason(monkeypatch, tmp_path) -> None:
+    from datasets.exceptions import DatasetNotFoundError
+
+    def gated(name, config=None):
+        raise DatasetNotFoundError(f"Dataset '{name}' is a gated dataset on the Hub. You must "
+                                   "be authenticated to access it.")  # fmt: skip
+
+    monkeypatch.setattr(datasets, "load_dataset", gated)
+    with pytest.raises(DataError, match="unknown dataset 'org/gated': .*gated dataset.*"
+                       "authenticated"):  # fmt: skip
+        load_corpus("org/gated", data_dir=tmp_path)
 
 
 def test_missing_local_path(tmp_path) -> None:

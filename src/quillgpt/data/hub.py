@@ -19,7 +19,9 @@ def load_hub(source: str, config: str | None) -> DatasetDict:
     try:
         loaded = load_dataset(source, config)
     except DatasetNotFoundError as exc:
-        raise DataError(f"unknown dataset {source!r}: not found on the hub; {hint}") from exc
+        # gated, private and missing datasets all raise this; the library's words say which
+        reason = " ".join(str(exc).split()) or "not found on the hub"
+        raise DataError(f"unknown dataset {source!r}: {reason}; {hint}") from exc
     except ConnectionError as exc:
         raise DataError(
             f"unknown dataset {source!r}: it is not a local path and the Hugging Face hub "

@@ -66,7 +66,13 @@ def _check_utf8(file: Path) -> None:
     """Raise :class:`DataError` naming the file and byte offset if ``file`` is not valid UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
-    with open(file, "rb") as handle:
+    try:
+        handle = open(file, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise DataError(
+            f"cannot read {file}: {exc.strerror or exc}; check its permissions"
+        ) from exc
+    with handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             try:
                 decoder.decode(block)
