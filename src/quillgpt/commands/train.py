@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import json
 import typing
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -145,8 +144,6 @@ def run(args: argparse.Namespace) -> int:
         # rank 0 holds the run directory's lock: a second `quill train` there is refused
         lock = run_lock(train_cfg.out_dir) if par.is_main else contextlib.nullcontext()
         with lock:
-            if par.is_main:
-                _describe(model_cfg, train_cfg, data, par)
             result = train(model_cfg, train_cfg, data, resume=args.resume)
         if par.is_main:
             _summarize(result)
@@ -155,35 +152,6 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130 if result.stopped == "SIGINT" else 143
     return 0
-
-
-def _describe(model_cfg: Any, cfg: Any, data: Any, par: Any) -> None:
-    """Print what is about to run."""
-    import sys
-
-    import torch
-
-    from quillgpt.device import compiler_pays_off
-    from quillgpt.model import DecoderLM
-    from quillgpt.training.precision import Precision
-
-    shape = dataclasses.replace(model_cfg, vocab_size=data.vocab_size)
-    with torch.device("meta"):  # the parameter count without allocating the weights
-        params = DecoderLM(shape).num_parameters(exclude_embeddings=True)
-    budget = [f"{cfg.max_steps} steps"] if cfg.max_steps else []
-    budget += [f"{cfg.max_time:.0f} s"] if cfg.max_time else []
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * par.world_size * shape.block_size
-    compiled = cfg.compile == "on" or (cfg.compile == "auto" and compiler_pays_off(par.device))
-    with warnings.catch_warnings():  # train() warns about an unavailable precision itself
-        warnings.simplefilter("ignore")
-        precision = Precision.for_device(par.device, cfg.precision).name
-    print(
-        f"quill train: {params / 1e6:.2f}M non-embedding parameters (L{shape.n_layer} "
-        f"C{shape.n_embd} H{shape.n_head} T{shape.block_size} V{shape.vocab_size}), "
-        f"{tokens_per_step:,} tokens/step, {par.device.type} x {par.world_size}, {precision}, "
-        f"compile {'on' if compiled else 'off'}, budget {' or '.join(budget)} -> {cfg.out_dir}",
-        file=sys.stderr,
-    )
 
 
 def _summarize(result: Any) -> None:

@@ -223,6 +223,8 @@ def train(
     )
     batches = iter(loader)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * par.world_size * model_config.block_size
+    where = f"{par.device.type} x {par.world_size}"
+    report.run_line(model, cfg, tokens_per_step, where, precision.name, compiling)
     started = time.perf_counter() - state.elapsed  # a resumed run's clock goes on
     report.restart_meter(state.tokens)
     last_eval: EvalResult | None = None

@@ -76,6 +76,20 @@ class Reporter:
 
         tqdm.write(line, file=sys.stderr)
 
+    def run_line(self, model: Any, cfg: TrainConfig, tokens_per_step: int, where: str,
+                 precision: str, compiled: bool) -> None:  # fmt: skip
+        """Say what is about to run: the model, tokens per step, device, precision, budget."""
+        c = model.config
+        params = model.num_parameters(exclude_embeddings=True)
+        budget = [f"{cfg.max_steps} steps"] if cfg.max_steps else []
+        budget += [f"{cfg.max_time:.0f} s"] if cfg.max_time else []
+        self.log(
+            f"training {params / 1e6:.2f}M non-embedding parameters (L{c.n_layer} C{c.n_embd} "
+            f"H{c.n_head} T{c.block_size} V{c.vocab_size}), {tokens_per_step:,} tokens/step, "
+            f"{where}, {precision}, compile {'on' if compiled else 'off'}, budget "
+            f"{' or '.join(budget)} -> {self.run_dir}"
+        )
+
     def restart_meter(self, tokens: int) -> None:
         """Count tokens per second from here (after an evaluation, a checkpoint, a resume)."""
         self._meter = (tokens, time.perf_counter())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -76,6 +77,11 @@ class RunDir:
         self.cfg, self.model_config, self.data = cfg, model_config, data
         self.par, self.precision = par, precision
         self.tokenizer_sha256 = str(data.meta["tokenizer"]["sha256"])
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        """The run's ``tokenizers.Tokenizer`` (read once, for the samples)."""
+        return self.data.load_tokenizer()
 
     def open(self, *, resume: bool) -> dict[str, Any] | None:
         """Refuse to overwrite a run; with ``resume``, load and check its ``train_state.pt``.

@@ -14,14 +14,12 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from quillgpt.evaluation import EvalResult, evaluate_windows
-from quillgpt.training.config import TrainConfig
-from quillgpt.training.precision import Precision
 from quillgpt.training.report import Reporter, sample_text
 from quillgpt.training.rng import preserved_rng
 from quillgpt.training.run_dir import RunDir
 
 if TYPE_CHECKING:
-    from quillgpt.data import PreparedData
+    pass
 
 
 def validate(
@@ -64,19 +62,17 @@ def validate(
             run.save_best(model, state, result, log=report.log)
         report.eval_line(state, result, improved, lr)
         if par.can_sample:
-            report.samples(samples(model, run.data, cfg, precision, state))
+            report.samples(samples(model, run, state))
         report.plot()
     report.restart_meter(state.tokens)
     return result
 
 
-def samples(
-    model: Any, data: PreparedData, cfg: TrainConfig, precision: Precision, state: Any
-) -> str:
+def samples(model: Any, run: RunDir, state: Any) -> str:
     """``num_samples`` continuations of ``sample_prompt`` (fixed seeds) for ``samples.txt``."""
-    tokenizer = data.load_tokenizer()
-    ids = tokenizer.encode(cfg.sample_prompt, add_special_tokens=False).ids or [data.eot_id]
-    with precision.autocast():
+    cfg, tokenizer = run.cfg, run.tokenizer
+    ids = tokenizer.encode(cfg.sample_prompt, add_special_tokens=False).ids or [run.data.eot_id]
+    with run.precision.autocast():
         return sample_text(
             model,
             tokenizer,
