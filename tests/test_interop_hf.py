@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -82,3 +84,14 @@ def test_non_gpt2_shapes_are_refused(tmp_path):
         to_hf_gpt2(rope, tmp_path)
     with pytest.raises(QuillError, match="not a directory"):
         from_hf_gpt2(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    "option",
+    [{"norm": "rmsnorm"}, {"qk_norm": True}, {"logit_softcap": 30.0}, {"activation": "relu2"}],
+)
+def test_options_gpt2_lacks_are_refused_by_name(tmp_path, option):
+    cfg = ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8, **option)
+    with pytest.raises(QuillError, match=re.escape(f"{option}")):
+        to_hf_gpt2(DecoderLM(cfg), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

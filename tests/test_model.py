@@ -164,7 +164,7 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_config, dropout):
         ({"dropout": 1.0}, "dropout: Input should be less than 1"),
         ({"pos_encoding": "alibi"}, "pos_encoding: Input should be 'learned', 'sinusoidal' or"),
         ({"attention": "flash"}, "attention: Input should be 'sdpa' or 'reference'"),
-        ({"activation": "relu"}, "activation: Input should be 'gelu' or 'gelu_tanh'"),
+        ({"activation": "relu"}, "activation: Input should be 'gelu', 'gelu_tanh' or 'relu2'"),
         ({"n_layer": 2.5}, "n_layer: Input should be a valid integer"),
         ({"ffn_mult": 0}, "ffn_mult: Input should be greater than 0"),
         ({"bias": "false"}, "bias: Input should be a valid boolean, got 'false'"),

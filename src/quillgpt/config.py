@@ -34,7 +34,9 @@ STRICT = ConfigDict(strict=True, extra="forbid", use_attribute_docstrings=True)
 Positive = Annotated[int, Field(gt=0)]
 PosEncoding = Literal["learned", "sinusoidal", "rope"]
 AttentionImpl = Literal["sdpa", "reference"]
-Activation = Literal["gelu", "gelu_tanh"]
+Activation = Literal["gelu", "gelu_tanh", "relu2"]
+Norm = Literal["layernorm", "rmsnorm"]
+Init = Literal["gpt2", "zero_proj"]
 
 
 @dataclass(config=STRICT)
@@ -61,20 +63,35 @@ class ModelConfig:
     ffn_mult: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 4.0
     """Hidden width of the feed-forward network as a multiple of ``n_embd``."""
     activation: Activation = "gelu"
-    """``gelu`` (exact, with erf) or ``gelu_tanh`` (GPT-2's tanh approximation, used when
-    importing GPT-2 weights so logits match exactly). The two differ by < 1e-3; the exact form is
-    the default because it is cheaper on a CPU (docs/performance.md)."""
+    """``gelu`` (exact, with erf), ``gelu_tanh`` (GPT-2's tanh approximation, used when
+    importing GPT-2 weights so logits match exactly) or ``relu2`` (``relu(x)**2``, the
+    speedrun's choice: sparse and cheap). The two GELUs differ by < 1e-3; the exact form is the
+    default GELU because it is cheaper on a CPU (docs/performance.md)."""
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     """Probability used for attention, residual and embedding dropout."""
     bias: bool = True
     """Whether linear layers and LayerNorms carry a bias (GPT-2 does)."""
+    norm: Norm = "layernorm"
+    """``layernorm`` (``nn.LayerNorm``, GPT-2) or ``rmsnorm`` (``nn.RMSNorm``: divides by the root
+    mean square without centring; no bias, fewer operations)."""
+    qk_norm: bool = False
+    """Normalise every head's queries and keys over the head dimension (the ``norm`` kind, no
+    learned gain) before RoPE and the dot product: attention logits stay bounded, which lets
+    larger learning rates train stably."""
+    logit_softcap: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    """Soft-cap the output logits at ``cap * tanh(logits / cap)`` (training and generation);
+    ``None`` leaves them as they are. Keeps the head from growing overconfident early."""
+    init: Init = "gpt2"
+    """``gpt2``: every matrix N(0, 0.02), the two residual projections of each block scaled by
+    ``1/sqrt(2 n_layer)``; ``zero_proj``: those projections (and an untied head) start at zero,
+    so each block starts as the identity and learns what to add."""
     tie_weights: bool = True
     """Share the token embedding matrix with the output head (saves ``V*C`` parameters and
     usually helps small models)."""
     rope_base: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 10000.0
     """The base ``theta`` of rotary frequencies."""
     layer_norm_eps: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-5
-    """Epsilon of every LayerNorm."""
+    """Epsilon of every normalisation layer."""
 
     def __post_init__(self) -> None:
         self.validate()

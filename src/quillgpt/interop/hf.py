@@ -129,6 +129,15 @@ def to_hf_gpt2(model: DecoderLM, out_dir: str | Path) -> Path:
             "only GPT-2-shaped models export to transformers: need pos_encoding='learned' and "
             f"bias=True (this one has pos_encoding={cfg.pos_encoding!r}, bias={cfg.bias})"
         )
+    gpt2_like = {"norm": "layernorm", "qk_norm": False, "logit_softcap": None}
+    different = {k: getattr(cfg, k) for k, v in gpt2_like.items() if getattr(cfg, k) != v}
+    if cfg.activation not in _TO_HF_ACTIVATION:
+        different["activation"] = cfg.activation
+    if different:
+        raise QuillError(
+            f"GPT-2 has no equivalent of {different}; train with norm='layernorm', "
+            "qk_norm=False, logit_softcap=None and a GELU activation to export"
+        )
     transformers = _import_transformers()
     hc = transformers.GPT2Config(
         vocab_size=cfg.vocab_size,

@@ -12,6 +12,7 @@ from torch import nn
 from quillgpt.config import ModelConfig
 from quillgpt.model.dropout import Dropout, dropout
 from quillgpt.model.kv_cache import KVCache
+from quillgpt.model.norm import make_norm
 from quillgpt.model.positional import apply_rotary
 
 
@@ -103,6 +104,9 @@ class MultiHeadSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = Dropout(config.dropout)
         self.attend = ATTENTION_FUNCTIONS[config.attention]
+        self.qk_norm = (
+            make_norm(config, config.head_size, learnable=False) if config.qk_norm else None
+        )
 
     def forward(
         self,
@@ -129,6 +133,8 @@ class MultiHeadSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q), self.qk_norm(k)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if kv_cache is not None:

@@ -9,23 +9,24 @@ from quillgpt.config import ModelConfig
 from quillgpt.model.attention import MultiHeadSelfAttention
 from quillgpt.model.feedforward import FeedForward
 from quillgpt.model.kv_cache import KVCache
+from quillgpt.model.norm import make_norm
 
 
 class DecoderBlock(nn.Module):
     """``x + attn(ln1(x))``, then ``x + ffn(ln2(x))``.
 
-    Pre-norm (LayerNorm *before* each sub-layer, as in GPT-2) keeps an identity path from the
-    input to the output of the whole stack, so gradients reach early layers undistorted and deep
-    models train without learning-rate warm-up tricks that post-norm needs.
+    Pre-norm (LayerNorm or RMSNorm *before* each sub-layer, as in GPT-2) keeps an identity path
+    from the input to the output of the whole stack, so gradients reach early layers undistorted
+    and deep models train without the learning-rate warm-up tricks that post-norm needs.
 
     Shapes: ``(B, T, C) -> (B, T, C)``.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln1 = make_norm(config, config.n_embd)
         self.attn = MultiHeadSelfAttention(config)
-        self.ln2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln2 = make_norm(config, config.n_embd)
         self.ffn = FeedForward(config)
 
     def forward(

@@ -17,6 +17,7 @@ from quillgpt.model.dropout import Dropout
 from quillgpt.model.embedding import TokenEmbedding
 from quillgpt.model.generation import generate_stream
 from quillgpt.model.kv_cache import KVCache
+from quillgpt.model.norm import make_norm
 from quillgpt.model.positional import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
@@ -61,7 +62,7 @@ class DecoderLM(nn.Module):
             self.rotary = RotaryEmbedding(config.block_size, config.head_size, config.rope_base)
         self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_f = make_norm(config, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
         self.reset_parameters()
@@ -69,21 +70,29 @@ class DecoderLM(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, residual outputs scaled down.
+        """Initialise every weight: N(0, 0.02) matrices, zero biases, unit norm gains.
 
         The two projections that write into the residual stream in each block are scaled by
-        ``1/sqrt(2 * n_layer)``, so the stream's variance does not grow with depth.
+        ``1/sqrt(2 * n_layer)`` (GPT-2), so the stream's variance does not grow with depth; with
+        ``init="zero_proj"`` they start at zero instead, as does an untied head, so each block
+        starts as the identity and the first logits are uniform. The projections' inputs still
+        get gradients from the first step on: the gradient of ``W`` in ``W h`` is ``g h^T``.
         """
+        zero = self.config.init == "zero_proj"
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                std = residual_std if name.endswith(("attn.proj", "ffn.proj")) else 0.02
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                writes_residual = name.endswith(("attn.proj", "ffn.proj"))
+                if zero and (writes_residual or name == "lm_head"):
+                    nn.init.zeros_(module.weight)
+                else:
+                    std = residual_std if writes_residual else 0.02
+                    nn.init.normal_(module.weight, mean=0.0, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            elif isinstance(module, nn.LayerNorm):
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.reset_parameters()
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
@@ -163,6 +172,17 @@ class DecoderLM(nn.Module):
             kv_cache.advance(T)
         return self.ln_f(x)
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Project hidden states ``(..., C)`` to logits ``(..., V)``, soft-capped if configured.
+
+        ``cap * tanh(z / cap)`` is ``z`` for small ``|z|`` and saturates smoothly at ``+-cap``.
+        """
+        logits = self.lm_head(hidden)
+        cap = self.config.logit_softcap
+        if cap is not None:  # in fp32: under bf16 autocast, tanh near +-cap would lose the tail
+            logits = cap * torch.tanh(logits.float() / cap)
+        return logits
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -182,7 +202,7 @@ class DecoderLM(nn.Module):
             ``logits (B, T, V)`` and the mean cross-entropy over counted positions (a scalar),
             or ``None`` without targets.
         """
-        logits = self.lm_head(self.hidden_states(idx, attention_mask=attention_mask))
+        logits = self.logits(self.hidden_states(idx, attention_mask=attention_mask))
         if targets is None:
             return logits, None
         loss = self.loss_fn(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
@@ -194,7 +214,7 @@ class DecoderLM(nn.Module):
         Only the last position goes through the output head: at inference the other ``T-1`` rows
         of the ``(T, V)`` logits would be thrown away.
         """
-        return self.lm_head(self.hidden_states(idx, kv_cache=kv_cache)[:, -1])
+        return self.logits(self.hidden_states(idx, kv_cache=kv_cache)[:, -1])
 
     def next_token_probs(self, idx: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """Return the next-token distribution ``softmax(logits / temperature)``, ``(B, V)``."""
