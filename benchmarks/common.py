@@ -25,8 +25,11 @@ def machine() -> dict[str, object]:
                 break
     except OSError:
         pass
+    from quillgpt.device import cpu_supports_bf16
+
     info: dict[str, object] = {
         "cpu": cpu,
+        "cpu_native_bf16": cpu_supports_bf16(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

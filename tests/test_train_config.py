@@ -42,7 +42,7 @@ def test_parse_duration_rejects_nonsense(text):
     [("lr", -1.0, "lr: Input should be greater than 0, got -1.0"),
      ("lr", float("inf"), "lr: Input should be a finite number"),
      ("batch_size", 0, "batch_size: Input should be greater than 0, got 0"),
-     ("schedule", "step", "schedule: Input should be 'cosine', 'linear' or 'constant'"),
+     ("schedule", "step", "schedule: Input should be 'cosine', 'linear', 'constant' or 'wsd'"),
      ("precision", "fp8", "precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
      ("min_lr_ratio", 2.0, "min_lr_ratio: Input should be less than or equal to 1"),
      ("beta2", 1.0, "beta2: Input should be less than 1"),

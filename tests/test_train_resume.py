@@ -50,14 +50,17 @@ def saved_step(run: Path) -> int:
         return -1
 
 
-def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(data, tmp_path):
-    # With dropout on, so the resumed runs must also continue the random masks exactly.
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(data, tmp_path, optimizer):
+    # With dropout on, so the resumed runs must also continue the random masks exactly; with
+    # Muon, its momentum buffers and momentum warm-up too.
     model = model_config(dropout=0.1)
-    train(model, train_config(tmp_path / "ref", **SETTINGS), data)
+    settings = {**SETTINGS, "optimizer": optimizer, "muon_momentum_warmup": 100}
+    train(model, train_config(tmp_path / "ref", **settings), data)
     expected = load_file(str(tmp_path / "ref" / "model.safetensors"))
 
     run = tmp_path / "run"
-    args = [*cli_args(data, run, **SETTINGS), "--dropout", str(model.dropout)]
+    args = [*cli_args(data, run, **settings), "--dropout", str(model.dropout)]
     log = tmp_path / "log.txt"
     rng = random.Random(1234)
     kills = []

@@ -1,15 +1,42 @@
-"""``torch.compile`` for training, and going on eagerly when the compiler fails.
+"""``torch.compile`` for training, a compile cache that outlives ``/tmp``, and an eager fallback.
 
-Compiling fuses the model's small operations into fewer kernels (docs/performance.md). It can
-fail where a toolchain is missing or an operation is unsupported, and it fails on the first
-call, which is the first training step: only then, and only for the compiler's own errors, does
-training fall back to the uncompiled model.
+Compiling fuses the model's small operations into fewer kernels (docs/performance.md). What
+``compile = on`` (or ``auto``, where a compiler pays off) compiles is the whole model's training
+forward, and with it the backward pass; the optimiser (one fused AdamW kernel) is not compiled.
+
+**What the compilation costs, and why the whole model.** On the 2-core CPU of the demo
+(``benchmarks/bench_compile.py``; docs/performance.md, "Compile time") a first run compiles for
+about 26 s, most of it g++ building inductor's C++ kernels; a second run of the same shape loads
+them from inductor's cache in about 2 s. Two ways of compiling less were measured, not taken:
+
+* *regional compilation* (``torch.compile`` of each ``DecoderBlock``, every layer running the
+  one compiled graph) compiles a first run in ~17 s, but its embeddings, head and loss run
+  eagerly: 5-7% fewer tokens/s (the eager log-softmax of the 2048-way loss alone takes ~12 ms of
+  a ~150 ms step), which costs more tokens in a 5-minute budget than the 9 s it saves;
+* *hierarchical compilation* (the whole model, each block a
+  ``torch.compiler.nested_compile_region``) keeps the fusion and saves ~4 s, but inductor
+  (torch 2.13, CPU) computes wrong gradients with it in fp32 for every block but the last.
+
+Identical kernels are built once however many layers run them, which is why compiling one block
+saves less than the layer count suggests.
+
+**The cache.** Inductor's FX-graph and AOTAutograd caches (on by default) keep compiled code in
+``TORCHINDUCTOR_CACHE_DIR``, by default ``/tmp/torchinductor_$USER``, which a reboot (tmpfs) or a
+``/tmp`` cleaner empties, and the next run pays the whole compile again. Unless the user set
+that variable, quillgpt points it at ``$XDG_CACHE_HOME/quillgpt/inductor`` (by default
+``~/.cache/quillgpt/inductor``, a few MB a shape; delete it freely, it refills).
+
+Compiling can fail where a toolchain is missing or an operation is unsupported, and it fails on
+the first call, which is the first training step: only then, and only for the compiler's own
+errors, does training fall back to the uncompiled model.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,17 +45,50 @@ from torch import nn
 from quillgpt.data.token_windows import Batch
 from quillgpt.device import compiler_pays_off
 
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+_CHOSEN_BEFORE_IMPORT = CACHE_ENV in os.environ
+
 
 def compiled(
     module: nn.Module, mode: str, device: torch.device, backend: str | Callable[..., Any]
 ) -> Callable[..., Any]:
     """Return ``torch.compile(module)``, or ``module`` itself with compilation off.
 
-    ``mode`` is ``on``, ``off``, or ``auto``: on where it pays off on ``device``.
+    ``mode`` is ``on``, ``off``, or ``auto``: on where it pays off on ``device``. Compiling
+    also points inductor's cache at :func:`inductor_cache_dir` (:func:`keep_compiled_code`).
     """
     if mode == "on" or (mode == "auto" and compiler_pays_off(device)):
+        keep_compiled_code()
         return torch.compile(module, backend=backend)
     return module
+
+
+def inductor_cache_dir() -> Path:
+    """Where quillgpt keeps inductor's compiled code: ``$XDG_CACHE_HOME/quillgpt/inductor``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "quillgpt" / "inductor"
+
+
+def keep_compiled_code() -> None:
+    """Point inductor's cache at :func:`inductor_cache_dir`, unless the user chose a place.
+
+    A ``TORCHINDUCTOR_CACHE_DIR`` set before quillgpt was imported is the user's choice and is
+    kept, and so is any other place than inductor's default. Inductor sets the variable to its
+    default itself as soon as ``torch._dynamo`` is imported (constructing an optimiser does it),
+    so that value alone is taken over. Where the directory cannot be created (a read-only home),
+    inductor's default stays.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get(CACHE_ENV)
+    if current is not None and (_CHOSEN_BEFORE_IMPORT or current != default_cache_dir()):
+        return
+    try:
+        path = inductor_cache_dir()
+        path.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError):  # RuntimeError: no home directory to be found
+        return
+    os.environ[CACHE_ENV] = str(path)
 
 
 def first_compiled_step(

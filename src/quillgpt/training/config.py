@@ -118,12 +118,18 @@ class TrainConfig:
     """The schedule's floor as a fraction of ``lr``."""
     warmup_steps: Count = 100
     """Steps of linear warm-up from ``lr / warmup_steps`` to ``lr``."""
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    """Decay after warm-up: ``cosine``, ``linear`` (both to the floor at the end of the budget)
-    or ``constant``."""
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    """Decay after warm-up: ``cosine``, ``linear`` (both to the floor at the end of the budget),
+    ``constant``, or ``wsd`` (warm-up, stable, decay: the peak rate until the last ``cooldown``
+    of the budget, then a line to the floor)."""
+    cooldown: Annotated[float, Field(gt=0, le=1)] = 0.4
+    """With ``schedule=wsd``: the fraction of the budget (steps or time) spent decaying to the
+    floor at the end. nanochat decays over the last 0.65 of its runs, the modded-nanogpt
+    speedrun over 0.4 to 0.6."""
     weight_decay: Rate = 0.1
-    """AdamW decoupled weight decay, applied to weight matrices only (not to biases, norms or
-    embeddings)."""
+    """Decoupled weight decay of weight matrices only (not of biases, norms or embeddings):
+    each step multiplies them by ``1 - rate * weight_decay``, with the rate of their optimiser
+    (AdamW's, or Muon's with ``optimizer=muon``)."""
     beta1: Beta = 0.9
     """AdamW first-moment decay."""
     beta2: Beta = 0.95
@@ -133,6 +139,24 @@ class TrainConfig:
     grad_clip: Rate = 1.0
     """Clip the global gradient norm to this value (0 disables clipping; the norm is logged
     either way)."""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """``adamw`` for every parameter, or ``muon``: Muon (momentum orthogonalised by
+    Newton-Schulz) for the weight matrices of the decoder blocks and AdamW (``lr``) for the
+    embeddings, head, norms and biases (docs/training.md)."""
+    muon_lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.02
+    """Peak learning rate of Muon (``optimizer=muon``), on the same schedule as ``lr``; scaled
+    per matrix by ``sqrt(max(1, rows / cols))``. 0.02 is the default of Keller Jordan's Muon and
+    nanochat's rate for its matrices, with the same scaling."""
+    muon_momentum: Beta = 0.95
+    """Muon's Nesterov momentum after its warm-up."""
+    muon_momentum_warmup: Count = 300
+    """Steps over which Muon's momentum rises linearly from 0.85 to ``muon_momentum`` (as in the
+    modded-nanogpt speedrun and nanochat); 0 starts at ``muon_momentum``."""
+    muon_dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """Dtype of Muon's Newton-Schulz orthogonalisation: ``auto`` (bf16 where the device computes
+    it natively: GPUs, CPUs with AVX-512 BF16 or AMX; else fp32, as emulated bf16 is hundreds of
+    times slower), ``bf16`` or ``fp32`` (slower, but two equivalent runs, such as one process and
+    two, then agree to fp32 rounding rather than to bf16's)."""
     optimizer_impl: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
     """AdamW kernel: ``auto`` (fused, or foreach where fused is unavailable and for
     FSDP-sharded parameters), ``fused``, ``foreach`` or ``for-loop``."""

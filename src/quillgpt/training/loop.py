@@ -45,12 +45,12 @@ from quillgpt.model import DecoderLM
 from quillgpt.training.compiling import compiled, first_compiled_step
 from quillgpt.training.config import TrainConfig
 from quillgpt.training.given_model import checked_model_config
-from quillgpt.training.optim import build_optimizer
+from quillgpt.training.optim import build_optimizer, set_rates
 from quillgpt.training.parallel import Parallel
 from quillgpt.training.precision import Precision
 from quillgpt.training.report import Reporter
 from quillgpt.training.run_dir import RunDir
-from quillgpt.training.schedule import budget_progress, budget_spent, lr_at
+from quillgpt.training.schedule import budget_progress, budget_spent, lr_factor, muon_momentum_at
 from quillgpt.training.signals import GracefulStop
 from quillgpt.training.validation import validate
 
@@ -232,9 +232,9 @@ def train(
     stopped = budget_spent(state.step, state.elapsed, cfg)  # a resumed run may be done
     with GracefulStop() as stop:
         while not stopped:
-            lr = lr_at(cfg, state.step, budget_progress(state.step, state.elapsed, cfg))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            factor = lr_factor(cfg, state.step, budget_progress(state.step, state.elapsed, cfg))
+            set_rates(optimizer, cfg, factor, muon_momentum_at(cfg, state.step))
+            lr = cfg.lr * factor  # AdamW's rate (lr_at), the one logged
             micro = [next(batches) for _ in range(cfg.grad_accum)]
             if compiling:  # the first step compiles; only a compiler failure falls back
                 forward, (loss, norm) = first_compiled_step(

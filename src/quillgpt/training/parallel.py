@@ -35,6 +35,7 @@ from torch import nn
 
 from quillgpt.device import all_reduce
 from quillgpt.errors import QuillError
+from quillgpt.training.optim import MuonAndAdamW
 
 
 @dataclass
@@ -177,12 +178,13 @@ class Parallel:
             dist.barrier()
 
     def full_state_dicts(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer | None
+        self, model: nn.Module, optimizer: torch.optim.Optimizer | MuonAndAdamW | None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Complete model (and optimiser) state dicts.
 
         With FSDP they are gathered on rank 0 (a collective: every rank must call it; the other
-        ranks get empty dicts).
+        ranks get empty dicts). Muon and AdamW then give one dict of both, keyed by parameter
+        name.
         """
         if not self.sharded:
             return model.state_dict(), optimizer.state_dict() if optimizer else {}
@@ -196,12 +198,12 @@ class Parallel:
         model_state = get_model_state_dict(model, options=options)
         if optimizer is None:
             return model_state, {}
-        return model_state, get_optimizer_state_dict(model, optimizer, options=options)
+        return model_state, get_optimizer_state_dict(model, _parts(optimizer), options=options)
 
     def load_full_state_dicts(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | MuonAndAdamW,
         model_state: dict[str, Any],
         optimizer_state: dict[str, Any],
     ) -> None:
@@ -219,7 +221,7 @@ class Parallel:
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         set_model_state_dict(model, model_state if self.is_main else {}, options=options)
         set_optimizer_state_dict(
-            model, optimizer, optimizer_state if self.is_main else {}, options=options
+            model, _parts(optimizer), optimizer_state if self.is_main else {}, options=options
         )
 
     def shutdown(self) -> None:
@@ -247,3 +249,10 @@ class Parallel:
 
 
 _MESHES: list[Any] = []  # the DeviceMeshes wrap() made for FSDP, for shutdown()
+
+
+def _parts(
+    optimizer: torch.optim.Optimizer | MuonAndAdamW,
+) -> torch.optim.Optimizer | tuple[torch.optim.Optimizer, ...]:
+    """What ``torch.distributed.checkpoint`` takes: one torch optimiser, or a tuple of them."""
+    return optimizer.parts if isinstance(optimizer, MuonAndAdamW) else optimizer

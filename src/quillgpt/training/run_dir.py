@@ -42,6 +42,7 @@ from quillgpt.checkpoint import (
 from quillgpt.config import ModelConfig
 from quillgpt.errors import CheckpointError, QuillError
 from quillgpt.training.config import TrainConfig
+from quillgpt.training.optim import MuonAndAdamW
 from quillgpt.training.parallel import Parallel
 from quillgpt.training.precision import Precision
 from quillgpt.training.rng import capture_rng_state, restore_rng_state
@@ -91,7 +92,8 @@ class RunDir:
 
         Raises:
             QuillError: the directory holds a run and ``resume`` is off.
-            CheckpointError: the saved run has another model config or tokenizer, or is damaged.
+            CheckpointError: the saved run has another model config, tokenizer or optimiser, or
+                is damaged.
         """
         state_path = self.path / TRAIN_STATE_FILE
         if not resume:
@@ -115,6 +117,12 @@ class RunDir:
             raise CheckpointError(
                 f"cannot resume {self.path}: the model config differs from the checkpoint's in "
                 f"{', '.join(diff)}; resume without model options (or with the same ones)"
+            )
+        optimizer = saved.get("train_config", {}).get("optimizer", "adamw")  # older: adamw
+        if optimizer != self.cfg.optimizer:  # the saved state is another optimiser's
+            raise CheckpointError(
+                f"cannot resume {self.path}: it was trained with --optimizer {optimizer}, not "
+                f"{self.cfg.optimizer}; resume with --optimizer {optimizer}"
             )
         return saved
 
@@ -150,7 +158,7 @@ class RunDir:
     def save(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | MuonAndAdamW,
         loop: Any,
         *,
         final: bool,
@@ -192,7 +200,10 @@ class RunDir:
             log(f"warning: checkpoint at step {loop.step} failed: {error}")
 
     def restore(
-        self, saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
+        self,
+        saved: dict[str, Any],
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | MuonAndAdamW,
     ) -> dict[str, Any]:
         """Load what :meth:`save` saved into the model, optimiser, scaler and random streams.
 

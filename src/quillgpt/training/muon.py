@@ -1,0 +1,186 @@
+"""Muon: PyTorch's ``torch.optim.Muon``, orthogonalising in a dtype chosen per device.
+
+Muon (Keller Jordan, 2024: https://kellerjordan.github.io/posts/muon/) keeps an SGD momentum
+buffer per weight matrix and replaces each update by its nearest semi-orthogonal matrix, computed
+by a few Newton-Schulz iterations: every direction of the update moves the weights by about the
+same amount. On a transformer's hidden matrices it reaches a given loss in fewer steps than
+Adam (the modded-nanogpt speedrun, nanochat).
+
+:class:`Muon` subclasses ``torch.optim.Muon`` and overrides only :meth:`Muon.step`, for two
+reasons (torch's optimiser has no option for either):
+
+* **The dtype of Newton-Schulz.** torch runs it in bf16, hard-coded
+  (``torch/optim/_muon.py::_zeropower_via_newtonschulz``: ``grad.bfloat16()``). That is the fast
+  choice where the hardware computes bf16 (GPUs, CPUs with AVX-512 BF16 or AMX), but a CPU
+  without it (AMD Zen 3, older Intel) emulates bf16 matrix products several hundred times
+  slower than fp32. Here the dtype is an argument; :func:`newton_schulz_dtype` picks bf16 where
+  the device computes it natively and fp32 elsewhere. ``muon_dtype=fp32`` asks for fp32
+  anyway: the iteration's slope at 0 is ``a = 3.4``, so rounding errors along small singular
+  values grow up to ``3.4 ** 5`` times, and in bf16 the last-bit differences of two equivalent
+  runs (one process and two) become differences of a few per cent of an update.
+* **Fused matrices.** A group's ``ns_chunks`` splits each matrix along its rows into that many
+  equal blocks, orthogonalised one by one: the fused query/key/value projection (``3C x C``)
+  then gets three ``C x C`` orthogonalisations, as separate q, k and v matrices would (the
+  modded-nanogpt speedrun keeps them separate). Orthogonalising the fused matrix would instead
+  balance q, k and v against each other, which has no meaning for the model. The learning-rate
+  shape adjustment then uses the block's shape too.
+
+Everything else is torch's: the parameter-group defaults and their validation, the state layout
+(one ``momentum_buffer`` per parameter, so a saved state loads into ``torch.optim.Muon``), the
+per-group buffers (``_init_group``), the Nesterov momentum, the decoupled weight decay and the
+rate adjustment (``_adjust_lr``). With ``dtype=torch.bfloat16`` and ``ns_chunks=1`` a step is
+bit-for-bit torch's (the test suite checks it).
+
+Sharded (FSDP2 ``DTensor``) parameters are orthogonalised whole: each update is all-gathered,
+orthogonalised on every rank (the same numbers on each), and each rank keeps its own shard.
+Newton-Schulz of a shard alone would be a different, wrong update.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim._muon import _adjust_lr
+
+from quillgpt.device import cpu_supports_bf16
+
+
+def newton_schulz_dtype(device: torch.device, choice: str = "auto") -> torch.dtype:
+    """The dtype of the Newton-Schulz iteration on ``device`` for ``choice`` (``auto|bf16|fp32``).
+
+    ``auto``: bf16 where ``device`` computes bf16 matrix products natively (CUDA GPUs from
+    Ampere on, Intel XPUs, CPUs with AVX-512 BF16 or AMX, Arm BF16), fp32 elsewhere (older GPUs,
+    Apple MPS, other CPUs). ``bf16`` where it would be emulated falls back to fp32 with a
+    warning, as ``precision=bf16`` does.
+    """
+    if choice == "fp32":
+        return torch.float32
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    else:
+        native = device.type == "xpu" or (device.type == "cpu" and cpu_supports_bf16())
+    if choice == "bf16" and not native:
+        warnings.warn(
+            f"bf16 Newton-Schulz on this {device.type} would be emulated (hundreds of times slower "
+            "than fp32): Muon orthogonalises in fp32 instead",
+            stacklevel=2,
+        )
+    return torch.bfloat16 if native else torch.float32
+
+
+def orthogonalize(
+    matrix: torch.Tensor,
+    coefficients: tuple[float, float, float],
+    steps: int,
+    eps: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The Newton-Schulz approximation of ``U V^T`` for ``matrix = U S V^T``, computed in ``dtype``.
+
+    The same operations, in the same order, as torch's ``_zeropower_via_newtonschulz``, whose
+    only difference is its fixed bf16. The quintic iteration pushes every singular value towards
+    1, to roughly ``[0.7, 1.2]`` in five steps with torch's coefficients (not exactly 1, which
+    trains as well: see Keller Jordan's post).
+
+    Args:
+        matrix: ``(m, n)``, any float dtype.
+        coefficients: ``(a, b, c)`` of ``X <- a X + (b A + c A^2) X`` with ``A = X X^T``.
+        steps: iterations.
+        eps: floor of the norm ``matrix`` is first divided by (a zero matrix stays zero).
+        dtype: the dtype of the computation and of the result.
+
+    Returns:
+        ``(m, n)`` in ``dtype``.
+    """
+    a, b, c = coefficients
+    x = matrix.to(dtype)
+    tall = matrix.size(0) > matrix.size(1)
+    if tall:  # iterate on the wide orientation: the Gram matrix X X^T is then the smaller one
+        x = x.T
+    x = x.div(x.norm().clamp(min=eps))  # Frobenius norm >= spectral norm: singular values <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
+        x = torch.addmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Muon):
+    """``torch.optim.Muon`` with Newton-Schulz in ``dtype`` and fused matrices split in blocks.
+
+    Args:
+        params: parameters or groups, as for ``torch.optim.Muon`` (2-D parameters only). A group
+            may set ``ns_chunks`` (default 1): each matrix is orthogonalised as that many equal
+            blocks of rows.
+        dtype: the dtype of the Newton-Schulz iteration (:func:`newton_schulz_dtype`). It is a
+            property of the machine, not of the run, so it is not saved with the state: a run
+            resumed on another machine computes in that machine's best dtype.
+        **defaults: ``lr``, ``weight_decay``, ``momentum``, ``nesterov``, ``ns_coefficients``,
+            ``eps``, ``ns_steps``, ``adjust_lr_fn``, as for ``torch.optim.Muon``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        *,
+        dtype: torch.dtype = torch.float32,
+        **defaults: Any,
+    ) -> None:
+        super().__init__(params, **defaults)
+        self.dtype = dtype
+        self.defaults["ns_chunks"] = 1
+        for group in self.param_groups:
+            group.setdefault("ns_chunks", 1)
+            for param in group["params"]:
+                if param.size(0) % group["ns_chunks"]:
+                    raise ValueError(
+                        f"ns_chunks={group['ns_chunks']} does not divide the {param.size(0)} "
+                        "rows of a parameter"
+                    )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One update of every parameter with a gradient; see the module docstring."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params: list[torch.Tensor] = []
+            grads: list[torch.Tensor] = []
+            buffers: list[torch.Tensor] = []
+            self._init_group(group, params, grads, buffers)
+            lr, momentum = float(group["lr"]), group["momentum"]
+            for param, grad, buffer in zip(params, grads, buffers, strict=True):
+                buffer.lerp_(grad, 1 - momentum)  # buffer = momentum * buffer + (1 - momentum) grad
+                update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+                update, block_shape = self._orthogonalized(update, group)
+                param.mul_(1 - lr * group["weight_decay"])
+                param.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], block_shape))
+        return loss
+
+    def _orthogonalized(
+        self, update: torch.Tensor, group: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Size]:
+        """Orthogonalise ``update`` (``(m, n)``) block by block; return it and a block's shape.
+
+        A sharded ``DTensor`` is gathered whole first, and the result sharded the same way
+        (each rank slices its own shard: no communication).
+        """
+        sharded = type(update).__name__ == "DTensor"
+        full = update.full_tensor() if sharded else update  # type: ignore[attr-defined]
+        blocks = full.chunk(group["ns_chunks"], dim=0)
+        steps, eps = group["ns_steps"], group["eps"]
+        result = torch.cat(
+            [orthogonalize(b, group["ns_coefficients"], steps, eps, self.dtype) for b in blocks]
+        ).to(update.dtype)
+        if sharded:
+            from torch.distributed.tensor import distribute_tensor
+
+            result = distribute_tensor(
+                result, update.device_mesh, update.placements, src_data_rank=None
+            )
+        return result, blocks[0].shape
