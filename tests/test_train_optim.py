@@ -253,10 +253,12 @@ def test_muon_training_lowers_the_loss_and_each_optimizer_follows_its_own_peak(d
         seen.append((type(optimizer).__name__, group["lr"], group.get("momentum")))
 
     handle = register_optimizer_step_pre_hook(record)  # runs for AdamW and for Muon
+    lines: list[str] = []
     try:
-        train(model_config(), cfg, data)
+        train(model_config(), cfg, data, log=lines.append)
     finally:
         handle.remove()
+    assert ", muon wsd, budget 30 steps" in lines[0]  # the run line names what trains
     factors = [lr_factor(cfg, s, budget_progress(s, 0.0, cfg)) for s in range(30)]
     assert [lr for name, lr, _ in seen if name == "AdamW"] == [cfg.lr * f for f in factors]
     muon_steps = [(lr, m) for name, lr, m in seen if name == "Muon"]

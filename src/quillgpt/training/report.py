@@ -78,7 +78,7 @@ class Reporter:
 
     def run_line(self, model: Any, cfg: TrainConfig, tokens_per_step: int, where: str,
                  precision: str, compiled: bool) -> None:  # fmt: skip
-        """Say what is about to run: the model, tokens per step, device, precision, budget."""
+        """Say what is about to run: model, tokens/step, device, precision, optimiser, budget."""
         c = model.config
         params = model.num_parameters(exclude_embeddings=True)
         budget = [f"{cfg.max_steps} steps"] if cfg.max_steps else []
@@ -86,7 +86,8 @@ class Reporter:
         self.log(
             f"training {params / 1e6:.2f}M non-embedding parameters (L{c.n_layer} C{c.n_embd} "
             f"H{c.n_head} T{c.block_size} V{c.vocab_size}), {tokens_per_step:,} tokens/step, "
-            f"{where}, {precision}, compile {'on' if compiled else 'off'}, budget "
+            f"{where}, {precision}, compile {'on' if compiled else 'off'}, {cfg.optimizer} "
+            f"{cfg.schedule}, budget "
             f"{' or '.join(budget)} -> {self.run_dir}"
         )
 
