@@ -18,6 +18,7 @@ Runs already finished in ``--out`` are reused (delete the folder to start over).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,8 +57,7 @@ def run_once(name: str, seed: int, steps: int, compile_mode: str, out: Path) -> 
             "--ckpt_interval", "0", "--save_best", "false", "--num_samples", "0",
             "--progress", "false", *VARIANTS[name],
         ]  # fmt: skip
-        if run_dir.exists():
-            subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts over
         result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         if result.returncode != 0:
             raise SystemExit(f"{name} seed {seed} failed:\n{result.stderr[-2000:]}")

@@ -4,27 +4,21 @@ Compiling fuses the model's small operations into fewer kernels (docs/performanc
 ``compile = on`` (or ``auto``, where a compiler pays off) compiles is the whole model's training
 forward, and with it the backward pass; the optimiser (one fused AdamW kernel) is not compiled.
 
-**What the compilation costs, and why the whole model.** On the 2-core CPU of the demo
-(``benchmarks/bench_compile.py``; docs/performance.md, "Compile time") a first run compiles for
-about 26 s, most of it g++ building inductor's C++ kernels; a second run of the same shape loads
-them from inductor's cache in about 2 s. Two ways of compiling less were measured, not taken:
-
-* *regional compilation* (``torch.compile`` of each ``DecoderBlock``, every layer running the
-  one compiled graph) compiles a first run in ~17 s, but its embeddings, head and loss run
-  eagerly: 5-7% fewer tokens/s (the eager log-softmax of the 2048-way loss alone takes ~12 ms of
-  a ~150 ms step), which costs more tokens in a 5-minute budget than the 9 s it saves;
-* *hierarchical compilation* (the whole model, each block a
-  ``torch.compiler.nested_compile_region``) keeps the fusion and saves ~4 s, but inductor
-  (torch 2.13, CPU) computes wrong gradients with it in fp32 for every block but the last.
-
-Identical kernels are built once however many layers run them, which is why compiling one block
-saves less than the layer count suggests.
+**Why the whole model.** Two ways of compiling less were measured
+(``benchmarks/bench_compile.py``; the figures are in docs/performance.md, "Compile time") and
+not taken: *regional compilation* (each ``DecoderBlock`` compiled, every layer running the one
+graph) compiles a first run faster but leaves the embeddings, head and loss eager, which loses
+more tokens in a 5-minute budget than the compile time it saves; *hierarchical compilation*
+(each block a ``torch.compiler.nested_compile_region``) computes wrong fp32 gradients for every
+block but the last with inductor on torch 2.13. Identical kernels are built once however many
+layers run them, so compiling one block saves less than the layer count suggests; what a
+second run needs is the cache.
 
 **The cache.** Inductor's FX-graph and AOTAutograd caches (on by default) keep compiled code in
 ``TORCHINDUCTOR_CACHE_DIR``, by default ``/tmp/torchinductor_$USER``, which a reboot (tmpfs) or a
 ``/tmp`` cleaner empties, and the next run pays the whole compile again. Unless the user set
 that variable, quillgpt points it at ``$XDG_CACHE_HOME/quillgpt/inductor`` (by default
-``~/.cache/quillgpt/inductor``, a few MB a shape; delete it freely, it refills).
+``~/.cache/quillgpt/inductor``; delete it freely, it refills).
 
 Compiling can fail where a toolchain is missing or an operation is unsupported, and it fails on
 the first call, which is the first training step: only then, and only for the compiler's own
