@@ -128,6 +128,19 @@ def test_fp32_newton_schulz_is_the_iteration_computed_directly():
         assert values.min() > 0.6 and values.max() < 1.25  # near-orthogonal: every direction ~1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_batch_is_orthogonalised_matrix_by_matrix(dtype):
+    torch.manual_seed(0)
+    scales = torch.tensor([1.0, 100.0, 0.0]).view(3, 1, 1)  # each has its own norm; one is zero
+    for shape in ((3, 24, 24), (3, 40, 16), (3, 16, 40)):
+        batch = torch.randn(shape) * scales
+        got = orthogonalize(batch, COEFFICIENTS, 5, 1e-7, dtype)
+        assert got.shape == shape and got.dtype == dtype
+        for matrix, result in zip(batch, got, strict=True):
+            assert torch.equal(result, orthogonalize(matrix, COEFFICIENTS, 5, 1e-7, dtype))
+        assert not got[2].any() and got[1].abs().max() < 2  # zero stays zero; scale is gone
+
+
 def test_the_fused_qkv_matrix_is_orthogonalised_one_third_at_a_time():
     torch.manual_seed(0)
     C = 16

@@ -85,27 +85,34 @@ def orthogonalize(
     1, to roughly ``[0.7, 1.2]`` in five steps with torch's coefficients (not exactly 1, which
     trains as well: see Keller Jordan's post).
 
+    A batch of matrices is orthogonalised at once, each on its own: one batched product per
+    operation instead of one per matrix. On a small model the matrices are small enough that
+    per-call overhead, not arithmetic, dominates a loop over them (``benchmarks/bench_muon.py``).
+
     Args:
-        matrix: ``(m, n)``, any float dtype.
+        matrix: ``(m, n)`` or a batch ``(b, m, n)``, any float dtype.
         coefficients: ``(a, b, c)`` of ``X <- a X + (b A + c A^2) X`` with ``A = X X^T``.
         steps: iterations.
-        eps: floor of the norm ``matrix`` is first divided by (a zero matrix stays zero).
+        eps: floor of the norm each matrix is first divided by (a zero matrix stays zero).
         dtype: the dtype of the computation and of the result.
 
     Returns:
-        ``(m, n)`` in ``dtype``.
+        The shape of ``matrix``, in ``dtype``.
     """
     a, b, c = coefficients
     x = matrix.to(dtype)
-    tall = matrix.size(0) > matrix.size(1)
+    tall = matrix.size(-2) > matrix.size(-1)
     if tall:  # iterate on the wide orientation: the Gram matrix X X^T is then the smaller one
-        x = x.T
-    x = x.div(x.norm().clamp(min=eps))  # Frobenius norm >= spectral norm: singular values <= 1
+        x = x.mT
+    batch = x.unsqueeze(0) if x.dim() == 2 else x
+    # Frobenius norm >= spectral norm: singular values <= 1.
+    batch = batch.div(batch.norm(dim=(-2, -1), keepdim=True).clamp(min=eps))
     for _ in range(steps):
-        gram = x @ x.T
-        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
-        x = torch.addmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
-    return x.T if tall else x
+        gram = batch @ batch.mT
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
+        batch = torch.baddbmm(batch, poly, batch, beta=a)  # a X + (b A + c A^2) X
+    x = batch.squeeze(0) if x.dim() == 2 else batch
+    return x.mT if tall else x
 
 
 class Muon(torch.optim.Muon):
@@ -143,44 +150,73 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One update of every parameter with a gradient; see the module docstring."""
+        """One update of every parameter with a gradient; see the module docstring.
+
+        The momentum of every parameter is updated first; then all blocks of one shape (and
+        one group setting) are orthogonalised in one batch, across groups; then each
+        parameter moves.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        pending: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] = []
         for group in self.param_groups:
             params: list[torch.Tensor] = []
             grads: list[torch.Tensor] = []
             buffers: list[torch.Tensor] = []
             self._init_group(group, params, grads, buffers)
-            lr, momentum = float(group["lr"]), group["momentum"]
+            momentum = group["momentum"]
             for param, grad, buffer in zip(params, grads, buffers, strict=True):
                 buffer.lerp_(grad, 1 - momentum)  # buffer = momentum * buffer + (1 - momentum) grad
                 update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
-                update, block_shape = self._orthogonalized(update, group)
-                param.mul_(1 - lr * group["weight_decay"])
-                param.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], block_shape))
+                pending.append((param, update, group))
+        orthogonal = self._orthogonalized([(update, group) for _, update, group in pending])
+        for (param, _, group), (result, block_shape) in zip(pending, orthogonal, strict=True):
+            lr = float(group["lr"])
+            param.mul_(1 - lr * group["weight_decay"])
+            param.add_(result, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], block_shape))
         return loss
 
     def _orthogonalized(
-        self, update: torch.Tensor, group: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Size]:
-        """Orthogonalise ``update`` (``(m, n)``) block by block; return it and a block's shape.
+        self, updates: list[tuple[torch.Tensor, dict[str, Any]]]
+    ) -> list[tuple[torch.Tensor, torch.Size]]:
+        """Each ``(update, group)`` orthogonalised block by block, with a block's shape.
 
-        A sharded ``DTensor`` is gathered whole first, and the result sharded the same way
+        An update (``(m, n)``) is cut into its group's ``ns_chunks`` blocks of rows; blocks of
+        the same shape and iteration settings go through :func:`orthogonalize` as one batch.
+        A sharded ``DTensor`` is gathered whole first, and its result sharded the same way
         (each rank slices its own shard: no communication).
         """
-        sharded = type(update).__name__ == "DTensor"
-        full = update.full_tensor() if sharded else update  # type: ignore[attr-defined]
-        blocks = full.chunk(group["ns_chunks"], dim=0)
-        steps, eps = group["ns_steps"], group["eps"]
-        result = torch.cat(
-            [orthogonalize(b, group["ns_coefficients"], steps, eps, self.dtype) for b in blocks]
-        ).to(update.dtype)
-        if sharded:
-            from torch.distributed.tensor import distribute_tensor
+        blocks: list[tuple[torch.Tensor, ...]] = []
+        batches: dict[tuple[Any, ...], list[tuple[int, int]]] = {}  # key -> (update, block)
+        for index, (update, group) in enumerate(updates):
+            full = update.full_tensor() if _is_sharded(update) else update  # type: ignore[attr-defined]
+            blocks.append(full.chunk(group["ns_chunks"], dim=0))
+            settings = (tuple(group["ns_coefficients"]), group["ns_steps"], group["eps"])
+            for position, block in enumerate(blocks[-1]):
+                key = (block.shape, block.device, *settings)
+                batches.setdefault(key, []).append((index, position))
+        done: list[list[torch.Tensor | None]] = [[None] * len(b) for b in blocks]
+        for (_, _, coefficients, steps, eps), members in batches.items():
+            stacked = torch.stack([blocks[i][j] for i, j in members])
+            for (i, j), result in zip(
+                members, orthogonalize(stacked, coefficients, steps, eps, self.dtype), strict=True
+            ):
+                done[i][j] = result
+        results = []
+        for (update, _), parts, original in zip(updates, done, blocks, strict=True):
+            result = torch.cat(parts).to(update.dtype)  # type: ignore[arg-type]
+            if _is_sharded(update):
+                from torch.distributed.tensor import distribute_tensor
 
-            result = distribute_tensor(
-                result, update.device_mesh, update.placements, src_data_rank=None
-            )
-        return result, blocks[0].shape
+                result = distribute_tensor(
+                    result, update.device_mesh, update.placements, src_data_rank=None
+                )
+            results.append((result, original[0].shape))
+        return results
+
+
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a sharded ``DTensor`` (FSDP2)."""
+    return type(tensor).__name__ == "DTensor"
