@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # sits beside ``model`` and never imports it.
 LAYERS: list[tuple[str, ...]] = [
     ("quillgpt.errors",),
-    ("quillgpt.config", "quillgpt.device"),
+    ("quillgpt.config", "quillgpt.device", "quillgpt.threads"),
     ("quillgpt.model", "quillgpt.data"),
     ("quillgpt.checkpoint", "quillgpt.evaluation"),
     ("quillgpt.training", "quillgpt.inference", "quillgpt.interop"),

@@ -156,14 +156,47 @@ def check_weight_names(expected: set[str], found: set[str], weights_path: Path) 
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """Return the parsed ``config.json`` of the checkpoint directory ``path``."""
+    """Return the parsed ``config.json`` of the checkpoint directory ``path``.
+
+    Raises:
+        CheckpointError: if there is none, or it is not a JSON object (another program's file,
+            or a damaged one).
+    """
     config_path = Path(path) / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointError(f"no {CONFIG_FILE} in {path}: is this a quillgpt checkpoint?")
     try:
-        return json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
+        document = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{config_path} is not valid JSON ({exc}); re-save it") from exc
+    if not isinstance(document, dict):
+        raise CheckpointError(
+            f"{config_path} is not a quillgpt checkpoint's config (not a JSON object); give "
+            "the folder of a quillgpt run or checkpoint"
+        )
+    return document
+
+
+def model_section(path: str | Path, document: dict[str, Any]) -> dict[str, Any]:
+    """Return the ``model`` section of checkpoint ``path``'s config ``document``.
+
+    Raises:
+        CheckpointError: if it has none (another program's ``config.json``); a Hugging Face
+            model folder is named as such, with the way to convert it.
+    """
+    model = document.get("model")
+    if isinstance(model, dict) and "vocab_size" in model:
+        return model
+    where = Path(path) / CONFIG_FILE
+    if "model_type" in document:
+        raise CheckpointError(
+            f"{where} is a Hugging Face transformers config, not a quillgpt one; convert a "
+            "GPT-2 with quillgpt.interop.from_hf_gpt2 and save it with save_checkpoint"
+        )
+    raise CheckpointError(
+        f"{where} is not a quillgpt checkpoint's config (it has no model section); give the "
+        "folder of a quillgpt run or checkpoint"
+    )
 
 
 def load_checkpoint(
@@ -184,10 +217,7 @@ def load_checkpoint(
     weights_path = path / WEIGHTS_FILE
     if not weights_path.is_file():
         raise CheckpointError(f"no {WEIGHTS_FILE} in {path}: is this a quillgpt checkpoint?")
-    document = read_config(path)
-    if "model" not in document:
-        raise CheckpointError(f"{path / CONFIG_FILE} has no 'model' section")
-    config = ModelConfig.from_dict(document["model"])
+    config = ModelConfig.from_dict(model_section(path, read_config(path)))
     try:
         with safe_open(str(weights_path), framework="pt", device=str(device)) as f:
             stored_config = (f.metadata() or {}).get(_CONFIG_METADATA_KEY)

@@ -2,9 +2,10 @@
 
 The CLI is thin: it parses arguments and calls the library. Every verb lives in its own module
 under :mod:`quillgpt.commands`. A user error (:class:`~quillgpt.errors.QuillError`, ``ValueError``
-from config validation, a missing file) prints one line and exits with status 2, no traceback;
-``quill --debug <verb>`` (or ``QUILLGPT_DEBUG=1``) shows the whole traceback instead. Options are
-never abbreviated (``allow_abbrev=False``): a misspelt option is an error, not another option.
+from config validation, an ``OSError`` of the file system, a usage error) prints one line and
+exits with status 2, no traceback (docs/errors.md lists them); ``quill --debug <verb>`` (or
+``QUILLGPT_DEBUG=1``) shows the whole traceback instead. Options are never abbreviated
+(``allow_abbrev=False``): a misspelt option is an error, not another option.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from quillgpt import __version__
 from quillgpt.errors import QuillError
@@ -33,9 +35,24 @@ VERBS: dict[str, str] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, not the usage block and a line.
+
+    A user who misspells a value needs the error and where to look, not thirty lines of usage
+    to scroll past; ``--help`` still shows the usage. The exit status stays argparse's 2. The
+    verbs' parsers are of this class too (``add_subparsers`` makes them of the parent's).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``<prog>: error: <message>`` (with a hint for a value that starts with '-')."""
+        if message.endswith("expected one argument"):  # often a value such as -5m
+            message += " (write a value that starts with '-' as --option=-value)"
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with one sub-parser per verb."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="quill",
         description="quillgpt: train, run and measure small decoder-only language models.",
         allow_abbrev=False,  # `--data X` must not silently mean `--data-dir X`
@@ -64,14 +81,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args._run(args) or 0)
-    except (QuillError, ValueError, FileNotFoundError) as exc:
+    except (QuillError, ValueError, OSError) as exc:
         if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise  # the whole traceback: an internal bug can look like a user error
-        print(f"quill {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"quill {args.verb}: error: {_describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"quill {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+def _describe(exc: BaseException) -> str:
+    """The error's message; an ``OSError`` of the system as "what: which file".
+
+    The file system's own errors (a folder that is a file, a full disk) reach here from
+    anywhere; they are the user's to fix, so they get one line too, not a traceback.
+    """
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc)
 
 
 if __name__ == "__main__":

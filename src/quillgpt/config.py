@@ -183,6 +183,8 @@ def load_dataclass(
         where = f"{text_source}{field}" if field in (text or {}) else _place(cls, field, source)
         message = str(error["msg"]).removeprefix("Value error, ")
         got = f", got {error['input']!r}" if field else ""
+        if message.endswith(got):  # a validator that names the value itself (max_time)
+            got = ""
         raise ConfigError(f"{where}: {message}{got}") from None
 
 

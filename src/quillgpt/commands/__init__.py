@@ -9,6 +9,16 @@ from __future__ import annotations
 import argparse
 
 
+def check_device_argument(name: str) -> str:
+    """``type=`` of ``--device``: refuse a malformed name in one line, before torch sees it."""
+    from quillgpt.training.config import check_device_name
+
+    try:
+        return check_device_name(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--threads`` and ``--device``, shared by the verbs that run a model."""
     from quillgpt.device import DEVICE_CHOICES
@@ -22,5 +32,6 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         default="auto",
+        type=check_device_argument,
         help=f"{'|'.join(DEVICE_CHOICES)}, or cuda:N / xpu:N (default: auto)",
     )

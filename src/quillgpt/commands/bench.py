@@ -40,9 +40,29 @@ def benchmarks_dir() -> Path:
     return folder
 
 
+def check_names(folder: Path, names: list[str]) -> None:
+    """Refuse ``--only`` names that match no benchmark, before any benchmark starts.
+
+    ``run_all.py`` would run the names that match and skip the others without a word.
+
+    Raises:
+        QuillError: naming the unknown ones and the choices.
+    """
+    from quillgpt.errors import QuillError
+
+    known = sorted(p.stem.removeprefix("bench_") for p in folder.glob("bench_*.py"))
+    known += ["gpu_check"] if (folder / "gpu_check.py").is_file() else []
+    unknown = [n for n in names if n.removeprefix("bench_").removesuffix(".py") not in known]
+    if unknown:
+        raise QuillError(f"no benchmark named {', '.join(unknown)}; choose from {', '.join(known)}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``run_all.py`` with the same options; return its exit status."""
-    command = [sys.executable, str(benchmarks_dir() / "run_all.py")]
+    folder = benchmarks_dir()
+    if args.only:
+        check_names(folder, args.only)
+    command = [sys.executable, str(folder / "run_all.py")]
     if args.only:
         command += ["--only", *args.only]
     if args.list:

@@ -59,10 +59,20 @@ def _read_prompt(args: argparse.Namespace) -> str:
     if args.prompt is not None:
         return args.prompt
     if args.prompt_file is not None:
+        from quillgpt.errors import QuillError
+
         try:
             return Path(args.prompt_file).read_text(encoding="utf-8")
         except OSError as exc:
-            raise FileNotFoundError(f"cannot read --prompt-file {args.prompt_file}: {exc}") from exc
+            raise QuillError(
+                f"cannot read --prompt-file {args.prompt_file}: {exc.strerror or exc}"
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise QuillError(
+                f"--prompt-file {args.prompt_file} is not UTF-8 text (byte "
+                f"0x{exc.object[exc.start]:02x} at offset {exc.start}); convert it, e.g. "
+                "iconv -f latin1 -t utf-8"
+            ) from exc
     if not sys.stdin.isatty():
         return sys.stdin.read()
     return ""

@@ -73,7 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Prepare the data, print a summary table, return 0."""
     from quillgpt.data import SPLITS, CorpusSpec, make_eval_loader, prepare_data
+    from quillgpt.errors import QuillError
 
+    if args.block_size is not None and args.block_size < 1:  # before minutes of preparing
+        raise QuillError(f"--block-size must be >= 1, got {args.block_size}")
     start = time.perf_counter()
     spec = CorpusSpec(
         source=args.source,

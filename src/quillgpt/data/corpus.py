@@ -122,12 +122,17 @@ class CorpusSpec:
 
 
 def load_corpus(
-    spec: CorpusSpec | str = BUILTIN, *, data_dir: str | os.PathLike[str] | None = None
+    spec: CorpusSpec | str = BUILTIN,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> DatasetDict:
     """Load a corpus as ``DatasetDict(train=..., validation=...)`` with a ``text`` column.
 
     Empty documents are dropped. The built-in corpus is cached under ``<data_dir>/corpora``;
     other sources rely on the token cache of :func:`~quillgpt.data.prepare_data` instead.
+    Local files are converted to Arrow under ``cache_dir`` (default ``<data_dir>/hf-cache``;
+    ``prepare_data`` gives a scratch folder it deletes afterwards).
 
     Raises:
         DataError: unknown source, missing split or column, non-UTF-8 file, or no text at all.
@@ -140,7 +145,7 @@ def load_corpus(
     if kind == "disk":
         raw = load_disk(spec.source)
     elif kind == "files":
-        raw = load_files(spec.source, root)
+        raw = load_files(spec.source, Path(cache_dir) if cache_dir else root / "hf-cache")
     else:
         raw = load_hub(spec.source, spec.config)
     return _select_splits(raw, spec)

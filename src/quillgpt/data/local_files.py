@@ -32,8 +32,12 @@ def load_disk(source: str) -> DatasetDict:
     return DatasetDict(train=loaded) if isinstance(loaded, Dataset) else loaded
 
 
-def load_files(source: str, root: Path) -> DatasetDict:
-    """Load local text/json/parquet files with ``load_dataset(builder, data_files=...)``."""
+def load_files(source: str, cache_dir: Path) -> DatasetDict:
+    """Load local text/json/parquet files with ``load_dataset(builder, data_files=...)``.
+
+    ``datasets`` converts them to Arrow files under ``cache_dir``. Files with no bytes at all
+    are refused first: there is nothing to learn from, and nothing needs converting to say so.
+    """
     from datasets import load_dataset
     from datasets.exceptions import DatasetGenerationError
 
@@ -46,6 +50,8 @@ def load_files(source: str, root: Path) -> DatasetDict:
     if len(builders) > 1:
         raise DataError(f"{source} mixes file formats; put one format per folder")
     builder = builders.pop()
+    if all(f.stat().st_size == 0 for f in files):
+        raise DataError(f"{source} has no text (every file is empty); give files that hold text")
     if builder in ("text", "json"):
         for file in files:
             _check_utf8(file)
@@ -54,7 +60,7 @@ def load_files(source: str, root: Path) -> DatasetDict:
         return load_dataset(
             builder,
             data_files={"train": [str(f) for f in files]},
-            cache_dir=str(root / "hf-cache"),
+            cache_dir=str(cache_dir),
             **options,
         )
     except (DatasetGenerationError, ValueError, OSError) as exc:

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
-from quillgpt.data.cache import atomic_directory, fingerprint, resolve_data_dir
+from quillgpt.data.cache import (
+    atomic_directory,
+    check_data_dir,
+    fingerprint,
+    resolve_data_dir,
+    scratch_folder,
+)
 from quillgpt.data.corpus import CorpusSpec, load_corpus
 from quillgpt.data.tokenizer import (
     check_bpe_vocab,
@@ -80,6 +86,7 @@ def prepare_data(
         raise DataError(f"num_proc must be at least 1, got {num_proc}")
     tok_key, tok_slug, loaded = _tokenizer_choice(tokenizer, vocab_size)
     root = resolve_data_dir(data_dir)
+    check_data_dir(root)
     key = {"format": FORMAT, "corpus": spec.cache_key(), "tokenizer": tok_key}
     out = root / "prepared" / f"{spec.slug}-{tok_slug}-{fingerprint(key)}"
     if not force:
@@ -88,8 +95,8 @@ def prepare_data(
         except DataError:
             pass
 
-    with _quiet_progress_bars():
-        return _build(spec, tok_key, loaded, root, out, key, num_proc)
+    with _quiet_progress_bars(), scratch_folder(root) as scratch:
+        return _build(spec, tok_key, loaded, root, out, key, num_proc, scratch)
 
 
 def _build(
@@ -100,10 +107,15 @@ def _build(
     out: Path,
     key: dict[str, Any],
     num_proc: int,
+    scratch: Path,
 ) -> PreparedData:
-    """Run the pipeline into ``out`` (atomically) and open the result."""
+    """Run the pipeline into ``out`` (atomically) and open the result.
+
+    Local files are converted to Arrow in ``scratch``, deleted afterwards: the token files are
+    the cache, and a file that fails to read leaves no half-converted copy behind.
+    """
     start = time.perf_counter()
-    splits = load_corpus(spec, data_dir=root)
+    splits = load_corpus(spec, data_dir=root, cache_dir=scratch)
     corpus_done = time.perf_counter()
     if loaded is not None:
         tok = loaded

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from quillgpt.checkpoint import (
-    CONFIG_FILE,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
     load_checkpoint,
+    model_section,
     read_config,
 )
 from quillgpt.device import resolve_device
@@ -131,9 +131,8 @@ def load_for_inference(
     if not (path / WEIGHTS_FILE).is_file() and (path / "best" / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"no {WEIGHTS_FILE} in {path}; did you mean {path / 'best'}?")
     document = read_config(path)
-    if "vocab_size" not in document.get("model", {}):
-        raise CheckpointError(f"{path / CONFIG_FILE} has no model configuration; re-save it")
-    tokenizer = load_tokenizer_checked(path, document, document["model"]["vocab_size"])
+    vocab_size = model_section(path, document)["vocab_size"]
+    tokenizer = load_tokenizer_checked(path, document, vocab_size)
     stored_int8 = is_quantized_checkpoint(path)
     int8 = stored_int8 or quantize == "int8"
     notes: list[str] = []

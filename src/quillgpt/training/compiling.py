@@ -44,16 +44,25 @@ _CHOSEN_BEFORE_IMPORT = CACHE_ENV in os.environ
 
 
 def compiled(
-    module: nn.Module, mode: str, device: torch.device, backend: str | Callable[..., Any]
+    module: nn.Module,
+    mode: str,
+    device: torch.device,
+    backend: str | Callable[..., Any],
+    dynamic_threads: bool = False,
 ) -> Callable[..., Any]:
     """Return ``torch.compile(module)``, or ``module`` itself with compilation off.
 
     ``mode`` is ``on``, ``off``, or ``auto``: on where it pays off on ``device``. Compiling
     also points inductor's cache at :func:`inductor_cache_dir` (:func:`keep_compiled_code`).
+    ``dynamic_threads``: inductor's C++ kernels read the thread count when they run, instead of
+    the count at compile time built into them, so that a count changed later
+    (:class:`~quillgpt.threads.AdaptiveThreads`) applies to them too.
     """
     if mode == "on" or (mode == "auto" and compiler_pays_off(device)):
         keep_compiled_code()
-        return torch.compile(module, backend=backend)
+        adapting = dynamic_threads and backend == "inductor"
+        options = {"cpp.dynamic_threads": True} if adapting else None
+        return torch.compile(module, backend=backend, options=options)
     return module
 
 

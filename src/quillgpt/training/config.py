@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic.dataclasses import dataclass
 
 from quillgpt.config import MODEL_PRESETS, STRICT, ModelConfig, Positive, load_dataclass
@@ -78,7 +78,39 @@ def parse_duration(value: str | float | int | None) -> float | None:
     return seconds
 
 
+def check_device_name(name: str) -> str:
+    """Return ``name`` if it is ``auto|cpu|cuda|mps|xpu``, optionally ``:N``; else raise.
+
+    Checked when the config is built, so ``cpu:x`` is one line naming the option rather than
+    torch's ``RuntimeError`` at the first use. Whether the device exists here is checked later,
+    by :func:`quillgpt.device.resolve_device`.
+
+    Raises:
+        ValueError: for any other text.
+    """
+    from quillgpt.device import DEVICE_CHOICES
+
+    kind, sep, index = name.partition(":")
+    if kind not in DEVICE_CHOICES or (sep and (kind == "auto" or not index.isdigit())):
+        raise ValueError(
+            f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}, "
+            "or cuda:N / xpu:N for one of several GPUs"
+        )
+    return name
+
+
+def require_budget(cfg: TrainConfig) -> None:
+    """Refuse a run that could never end: neither ``max_steps`` nor ``max_time`` is set.
+
+    Raises:
+        QuillError: saying which option to add.
+    """
+    if cfg.max_steps is None and cfg.max_time is None:
+        raise QuillError("set max_steps or max_time (e.g. --max_time 5m) so training can end")
+
+
 Duration = Annotated[float | None, BeforeValidator(parse_duration)]
+DeviceName = Annotated[str, AfterValidator(check_device_name)]
 Count = Annotated[int, Field(ge=0)]
 Rate = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
@@ -183,7 +215,7 @@ class TrainConfig:
     """Text the samples start from."""
     sample_temperature: Rate = 0.8
     """Sampling temperature of the samples."""
-    device: str = "auto"
+    device: DeviceName = "auto"
     """``auto``, ``cpu``, ``cuda``, ``xpu`` or ``mps`` (or ``cuda:N``)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """``auto`` (bf16 where the device computes it natively, fp16 with loss scaling on older
@@ -206,7 +238,8 @@ class TrainConfig:
     deterministic: bool = False
     """Ask PyTorch for deterministic kernels (slower on GPUs)."""
     threads: Positive | None = None
-    """CPU threads for PyTorch (default: PyTorch's choice)."""
+    """CPU threads for PyTorch. Default: one per core, adapted to the machine's load while a CPU
+    run trains (fewer while other jobs keep cores busy; docs/devices.md); a number fixes it."""
     tensorboard: bool = False
     """Also write TensorBoard event files to ``<out_dir>/tensorboard``."""
     progress: bool = True

@@ -38,12 +38,13 @@ from torch import nn
 from quillgpt.config import ModelConfig
 from quillgpt.data import PreparedData, make_train_loader
 from quillgpt.data.token_windows import Batch
-from quillgpt.device import resolve_device, set_threads
+from quillgpt.device import resolve_device
 from quillgpt.errors import QuillError
 from quillgpt.evaluation import EvalResult
 from quillgpt.model import DecoderLM
+from quillgpt.threads import thread_policy
 from quillgpt.training.compiling import compiled, first_compiled_step
-from quillgpt.training.config import TrainConfig
+from quillgpt.training.config import TrainConfig, require_budget
 from quillgpt.training.given_model import checked_model_config
 from quillgpt.training.optim import build_optimizer, set_rates
 from quillgpt.training.parallel import Parallel
@@ -177,9 +178,7 @@ def train(
             cannot be trained as configured.
     """
     cfg = train_config
-    if cfg.max_steps is None and cfg.max_time is None:
-        raise QuillError("set max_steps or max_time (e.g. --max_time 5m) so training can end")
-    set_threads(cfg.threads)
+    require_budget(cfg)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
         torch.use_deterministic_algorithms(True)
@@ -195,9 +194,10 @@ def train(
     wrapped = par.wrap(model)  # DDP returns a wrapper; FSDP shards the model in place
     optimizer = build_optimizer(model, cfg)
     state = LoopState() if saved is None else LoopState(**run.restore(saved, model, optimizer))
-    forward = compiled(wrapped, cfg.compile, par.device, compile_backend)
-    compiling = forward is not wrapped
     report = Reporter(run.path, cfg, active=par.is_main, log=log)
+    threads = thread_policy(cfg.threads, par.device, par.world_size, log=report.log)
+    forward = compiled(wrapped, cfg.compile, par.device, compile_backend, threads.adapt)
+    compiling = forward is not wrapped
     run.write_config(state)
     report.drop_after(state.step if saved is not None else -1)
     if saved is not None:
@@ -242,7 +242,9 @@ def train(
                 )
                 compiling = False
             else:
+                began = time.perf_counter()
                 loss, norm = step(forward, micro_batches=micro)
+                threads.step_done(time.perf_counter() - began)  # fewer threads if cores are busy
             state.step += 1
             state.micro_step += cfg.grad_accum
             state.tokens += tokens_per_step

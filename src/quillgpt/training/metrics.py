@@ -29,14 +29,7 @@ class MetricsLog:
         self.path = run_dir / METRICS_FILE
         self.writer = None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise QuillError(
-                    "--tensorboard needs the tensorboard package: pip install "
-                    "'quillgpt[tensorboard]' (or train without --tensorboard)"
-                ) from exc
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self.writer = require_tensorboard()(log_dir=str(run_dir / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
         """Drop lines with ``step`` greater than ``step`` (a resume from that step)."""
@@ -61,6 +54,22 @@ class MetricsLog:
         """Flush and close the TensorBoard writer, if any."""
         if self.writer is not None:
             self.writer.close()
+
+
+def require_tensorboard() -> Any:
+    """Return TensorBoard's ``SummaryWriter`` class, or say in one line how to install it.
+
+    Raises:
+        QuillError: the optional ``tensorboard`` package is not installed.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise QuillError(
+            "--tensorboard needs the tensorboard package: pip install "
+            "'quillgpt[tensorboard]' (or train without --tensorboard)"
+        ) from exc
+    return SummaryWriter
 
 
 def _finite_or_none(value: Any) -> Any:

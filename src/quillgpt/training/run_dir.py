@@ -24,11 +24,12 @@ import fcntl
 import functools
 import json
 import os
+import pickle
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
@@ -91,19 +92,13 @@ class RunDir:
         resume yet: a run killed before its first checkpoint starts again).
 
         Raises:
-            QuillError: the directory holds a run and ``resume`` is off.
+            QuillError: the directory holds a run and ``resume`` is off, or it holds files of
+                another program (:func:`check_out_dir`).
             CheckpointError: the saved run has another model config, tokenizer or optimiser, or
                 is damaged.
         """
-        state_path = self.path / TRAIN_STATE_FILE
-        if not resume:
-            if state_path.exists():
-                raise QuillError(
-                    f"{self.path} already holds a run (train_state.pt); pass --resume to "
-                    "continue it, or choose another --out_dir"
-                )
-            return None
-        if not state_path.exists():
+        check_out_dir(self.path, resume=resume)
+        if not resume or not (self.path / TRAIN_STATE_FILE).exists():
             return None
         saved = load_train_state(self.path)
         if saved.get("tokenizer_sha256") != self.tokenizer_sha256:
@@ -240,7 +235,7 @@ class RunDir:
         except OSError as exc:
             raise CheckpointError(
                 f"could not write {path}: {exc.strerror or exc}; free disk space or fix "
-                "permissions (the previous checkpoint is unchanged)"
+                "permissions, then continue with --resume (the previous checkpoint is unchanged)"
             ) from exc
 
     def _save_weights(
@@ -257,31 +252,164 @@ def run_lock(path: str | Path) -> Iterator[None]:
     """Hold ``path/.lock`` while a run trains there; refuse if another process holds it.
 
     The lock is an ``flock`` on an open file: the system releases it when the process ends,
-    however it ends, so the lock of a killed run never blocks ``--resume``.
+    however it ends, so the lock of a killed run never blocks ``--resume``. The file is removed
+    when the block ends (while still locked), and a folder this call created is removed again
+    if the block fails before writing anything into it: a refused run leaves no trace.
 
     Raises:
         QuillError: another live process is training in ``path``.
     """
     path = Path(path)
+    created = _make_dirs(path)
+    try:
+        handle = _acquire(path / LOCK_FILE)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    with handle:
+        try:
+            yield
+        except BaseException:
+            _release(handle, path / LOCK_FILE)
+            _remove_empty(created)
+            raise
+        _release(handle, path / LOCK_FILE)
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents; return those created, deepest first."""
+    if path.exists() and not path.is_dir():
+        raise QuillError(f"--out_dir {path} is a file; choose a folder for the run")
+    missing = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(parents=True, exist_ok=True)
-    with open(path / LOCK_FILE, "a+", encoding="utf-8") as handle:
+    return missing
+
+
+def _acquire(lock: Path) -> IO[str]:
+    """Open and ``flock`` ``lock``; the open file, or :class:`QuillError` naming the holder.
+
+    A run that ends removes its lock file: a process that opened the old file just before must
+    not hold a lock on a file nobody else sees, so it checks it locked the file at that path.
+    """
+    while True:
+        handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - returned open
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
+            handle.close()
             raise QuillError(
-                f"{path} is in use: {holder} is training there; wait for it to end (or stop it), "
-                "or choose another --out_dir"
+                f"{lock.parent} is in use: {holder} is training there; wait for it to end (or "
+                "stop it), or choose another --out_dir"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()  # locked a file that was removed meanwhile: lock the new one
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}")
+    handle.flush()
+    return handle
+
+
+def _release(handle: IO[str], lock: Path) -> None:
+    """Remove the lock file, then unlock it (in that order: no one can lock a removed file)."""
+    lock.unlink(missing_ok=True)
+    fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders of ``created`` (deepest first) that are still empty."""
+    for folder in created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # fails, as it should, on a folder that holds something
+
+
+def check_out_dir(path: str | Path, *, resume: bool) -> None:
+    """Refuse a run directory that cannot take this run, before anything is written there.
+
+    A new or empty folder takes any run; a folder whose ``config.json`` is a quillgpt run's
+    takes ``--resume`` (or a fresh start, if it has no ``train_state.pt`` yet). Anything else
+    (a file, another program's folder, a plain checkpoint) would have files overwritten.
+
+    Raises:
+        QuillError: saying what the folder is and what to choose instead.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise QuillError(f"--out_dir {path} is a file; choose a folder for the run")
+    if not any(not p.name.startswith(".") for p in path.iterdir()):
+        return  # empty, or only the leftovers of a killed write (swept when the run starts)
+    if not is_run_config(path / CONFIG_FILE):
+        what = (
+            f"its {CONFIG_FILE} is not a quillgpt training run's"
+            if (path / CONFIG_FILE).exists()
+            else f"it holds files but no {CONFIG_FILE}"
+        )
+        raise QuillError(
+            f"--out_dir {path} is not a quillgpt run directory ({what}), and training would "
+            "write over its files; choose a new or empty folder"
+        )
+    if not resume and (path / TRAIN_STATE_FILE).exists():
+        raise QuillError(
+            f"{path} already holds a run (train_state.pt); pass --resume to continue it, or "
+            "choose another --out_dir"
+        )
+
+
+def is_run_config(path: Path) -> bool:
+    """Whether ``path`` is the ``config.json`` of a quillgpt training run (model and train)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and all(
+        isinstance(document.get(key), dict) for key in ("model", "train")
+    )
+
+
+RESUMED_DATA_FIELDS = ("data", "tokenizer", "tokenizer_vocab")
+"""What decides the token ids: a resumed run must keep them (checked before data preparation)."""
+
+
+def check_resume_data(path: str | Path, cfg: TrainConfig) -> None:
+    """Refuse ``--resume`` with other data or tokenizer options than the saved run's.
+
+    Checked before the data is prepared, so that a wrong ``--tokenizer`` costs nothing and
+    builds no token files; the tokenizer's hash in ``train_state.pt`` is checked again after.
+
+    Raises:
+        CheckpointError: naming the option, the run's value and the one given.
+    """
+    path = Path(path)
+    if not (path / TRAIN_STATE_FILE).exists() or not is_run_config(path / CONFIG_FILE):
+        return
+    saved = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))["train"]
+    given = cfg.to_dict()
+    for key in RESUMED_DATA_FIELDS:
+        if key == "tokenizer_vocab" and given["tokenizer"] != "bpe":
+            continue  # only a trained BPE has a vocabulary size to choose
+        if key in saved and not _same_value(saved[key], given[key]):
+            raise CheckpointError(
+                f"cannot resume {path}: it was trained with --{key} {saved[key]}, not "
+                f"{given[key]}; resume without --{key} (or with the run's own value)"
+            )
+
+
+def _same_value(saved: Any, given: Any) -> bool:
+    """Equal, or two spellings of one existing path (``corpus`` and ``/abs/corpus``)."""
+    if saved == given:
+        return True
+    if not isinstance(saved, str) or not isinstance(given, str):
+        return False
+    first, second = Path(saved).expanduser(), Path(given).expanduser()
+    return first.exists() and second.exists() and first.resolve() == second.resolve()
 
 
 def load_train_state(run_dir: str | Path) -> dict[str, Any]:
@@ -299,7 +427,9 @@ def load_train_state(run_dir: str | Path) -> dict[str, Any]:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for a damaged file
         raise CheckpointError(
-            f"cannot resume: {path} is unreadable ({exc}); it may be truncated or corrupt"
+            f"cannot resume: {path} is truncated or corrupt ({_load_failure(path, exc)}); "
+            "restore it from a copy, or start a new run with another --out_dir (nothing was "
+            "changed in this one)"
         ) from exc
     if not isinstance(saved, dict) or saved.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
@@ -308,3 +438,14 @@ def load_train_state(run_dir: str | Path) -> dict[str, Any]:
             "train(..., model=load_checkpoint(run))"
         )
     return saved
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """``torch.load``'s reason in a few words: its messages run to paragraphs."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if isinstance(exc, pickle.UnpicklingError):  # what weights_only=True refuses, or noise
+        return "not a file torch.save wrote, or one holding more than tensors and numbers"
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    first = first.split(". ", 1)[0].rstrip(".")
+    return first[:160] or type(exc).__name__
