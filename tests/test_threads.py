@@ -9,6 +9,8 @@ import torch
 
 from quillgpt.errors import QuillError
 from quillgpt.threads import STARTUP_THREADS, AdaptiveThreads, thread_policy
+from quillgpt.training import train
+from train_utils import model_config, train_config
 
 # Step seconds by thread count on 2 cores, quiet and with one core busy (the ratios measured on
 # the demo in docs/devices.md: 2 threads collapse under load, 1 thread hardly notices it).
@@ -119,3 +121,19 @@ def _keep_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def test_training_reports_every_step_to_the_policy_and_adapts_only_without_threads(
+    data, tmp_path, monkeypatch
+):
+    seen: list[tuple[bool, float]] = []
+    monkeypatch.setattr(
+        AdaptiveThreads, "step_done", lambda self, seconds: seen.append((self.adapt, seconds))
+    )
+    train(model_config(), train_config(tmp_path / "adaptive", threads=None), data)
+    adapting = [adapt for adapt, _ in seen]
+    assert len(seen) == 8 and all(s > 0 for _, s in seen)  # every training step, timed
+    assert adapting == [STARTUP_THREADS > 1] * 8
+    seen.clear()
+    train(model_config(), train_config(tmp_path / "fixed", threads=1), data)
+    assert [adapt for adapt, _ in seen] == [False] * 8
