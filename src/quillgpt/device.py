@@ -2,8 +2,9 @@
 
 ``--device auto`` picks CUDA, then Intel XPU (integrated Iris Xe and Arc GPUs through PyTorch's
 native ``xpu`` backend), then Apple MPS, then the CPU. Everything device-specific that the rest of
-the code needs (threads, autocast dtype, synchronisation, peak memory, a sum over processes)
-goes through this module, so the trainer and the benchmarks read the same on every device.
+the code needs (autocast dtype, synchronisation, peak memory, a sum over processes) goes through
+this module, so the trainer and the benchmarks read the same on every device. CPU threads have
+their own module, :mod:`quillgpt.threads`.
 """
 
 from __future__ import annotations
@@ -206,20 +207,6 @@ def compiler_pays_off(device: torch.device) -> bool:
         compilers = (os.environ.get("CXX", "g++"), "clang++")
         return any(shutil.which(c) is not None for c in compilers)
     return False
-
-
-def set_threads(threads: int | None) -> None:
-    """Use ``threads`` CPU threads in PyTorch; ``None`` keeps its default (one per core).
-
-    Fewer threads than cores pays off when other processes keep cores busy: each parallel
-    operation waits for its slowest thread, and a thread whose core is taken waits for a time
-    slice (see docs/devices.md, "CPU").
-    """
-    if threads is None:
-        return
-    if threads < 1:
-        raise QuillError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
 
 
 def all_reduce(values: list[float], device: torch.device, op: str = "sum") -> list[float]:

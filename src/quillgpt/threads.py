@@ -135,6 +135,22 @@ class AdaptiveThreads:
         self._apply(self.threads)
 
 
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads in PyTorch; ``None`` keeps its default (one per core).
+
+    For the verbs that do not adapt (``generate``, ``eval``, ``profile``): fewer threads than
+    cores pays off when other processes keep cores busy (see the module docstring).
+
+    Raises:
+        QuillError: for ``threads < 1``.
+    """
+    if threads is None:
+        return
+    if threads < 1:
+        raise QuillError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
 def thread_policy(
     threads: int | None,
     device: torch.device,
@@ -151,7 +167,6 @@ def thread_policy(
         QuillError: for ``threads < 1``.
     """
     if threads is not None:
-        if threads < 1:
-            raise QuillError(f"--threads must be >= 1, got {threads}")
+        set_threads(threads)  # checks it
         return AdaptiveThreads(threads, adapt=False)
     return AdaptiveThreads(adapt=device.type == "cpu" and processes == 1, log=log)

@@ -50,9 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the figures; return 0."""
-    from quillgpt.device import set_threads
     from quillgpt.errors import QuillError
     from quillgpt.inference.loading import evaluate_loaded, load_for_inference, open_eval_data
+    from quillgpt.threads import set_threads
 
     set_threads(args.threads)
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):

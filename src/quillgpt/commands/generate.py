@@ -93,8 +93,8 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, generate ``--num-samples`` continuations to stdout; return 0."""
-    from quillgpt.device import set_threads
     from quillgpt.inference.loading import encode_prompt, load_for_inference, stream_text
+    from quillgpt.threads import set_threads
 
     set_threads(args.threads)
     _check(args)
