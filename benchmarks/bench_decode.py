@@ -1,7 +1,7 @@
 """Greedy decoding speed of DecoderLM against transformers' generate, on the same GPT-2 weights.
 
 A GPT-2-124M-shaped model (random weights, seed 0, tanh-GELU as in GPT-2) is exported with the
-interop (``to_hf_gpt2``) and loaded back as ``GPT2LMHeadModel``, so both sides compute the same
+interop (``to_hf``) and loaded back as ``GPT2LMHeadModel``, so both sides compute the same
 function. Each contender generates ``--new-tokens`` tokens greedily with a KV cache after a
 ``--prompt-len``-token prompt, fp32, timings alternating in one process after warm-up; medians.
 
@@ -74,10 +74,10 @@ def weight_bytes_per_token(model: DecoderLM) -> int:
 def hf_copy(model: DecoderLM) -> torch.nn.Module:
     from transformers import GPT2LMHeadModel
 
-    from quillgpt.interop import to_hf_gpt2
+    from quillgpt.interop import to_hf
 
     with tempfile.TemporaryDirectory() as tmp:
-        to_hf_gpt2(model, tmp)
+        to_hf(model, tmp)
         hf = GPT2LMHeadModel.from_pretrained(tmp, local_files_only=True).eval()
     hf.generation_config.eos_token_id = None  # always generate exactly max_new_tokens
     hf.generation_config.pad_token_id = 0

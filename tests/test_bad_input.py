@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
-import os
+import random
 import shutil
 import sys
 from collections.abc import Iterator
@@ -89,7 +89,7 @@ ROWS: list[Row] = [
     Row("prepare", "--split that the files lack", ("prepare", "corpus0", "--split", "test"),
         "corpus0 has no split 'test' (it has: train); pass --split"),
     Row("prepare", "--split for the built-in corpus", ("prepare", "shakespeare", "--split", "test"),
-        "drop --config, --split, --val-split and --text-column"),
+        "drop --data-config, --split, --val-split and --text-column"),
     Row("prepare", "a name that is no path and not on the hub (offline)",
         ("prepare", "nobody-here/no-such-corpus"),
         "unknown dataset 'nobody-here/no-such-corpus'"),
@@ -103,24 +103,25 @@ ROWS: list[Row] = [
         ("prepare", "corpus0", "--tokenizer", "foreign-tokenizer.json"),
         "the tokenizer has no <|endoftext|> token to separate documents; add it"),
     Row("prepare", "--vocab-size 0", ("prepare", "corpus0", "--vocab-size", "0"),
-        "vocab_size 0 is too small: byte-level BPE needs 256 byte tokens plus <|endoftext|>, "
-        "so use --vocab-size 257 or more"),
+        "--tokenizer_vocab: Input should be greater than or equal to 257, got '0'"),
     Row("prepare", "--vocab-size -5", ("prepare", "corpus0", "--vocab-size", "-5"),
-        "vocab_size -5 is too small"),
+        "--tokenizer_vocab: Input should be greater than or equal to 257, got '-5'"),
     Row("prepare", "--vocab-size that is not a number",
         ("prepare", "corpus0", "--vocab-size", "big"),
-        "argument --vocab-size: invalid int value: 'big' (see quill prepare --help)"),
+        "--tokenizer_vocab: Input should be a valid integer, unable to parse string as an "
+        "integer, got 'big'"),
     Row("prepare", "--vocab-size with --tokenizer char",
         ("prepare", "corpus0", "--tokenizer", "char", "--vocab-size", "300"),
-        "--vocab-size applies to --tokenizer bpe only"),
+        "--tokenizer_vocab applies to --tokenizer bpe only, not to char (it brings its own "
+        "vocabulary); drop it"),
     Row("prepare", "--val-fraction 0", ("prepare", "corpus0", "--val-fraction", "0"),
-        "val_fraction must be between 0 and 1 (exclusive), got 0.0"),
+        "--val_fraction: Input should be greater than 0, got '0'"),
     Row("prepare", "--val-fraction 1.5", ("prepare", "corpus0", "--val-fraction", "1.5"),
-        "val_fraction must be between 0 and 1 (exclusive), got 1.5"),
+        "--val_fraction: Input should be less than 1, got '1.5'"),
     Row("prepare", "--num-proc 0", ("prepare", "corpus0", "--num-proc", "0"),
         "num_proc must be at least 1, got 0"),
     Row("prepare", "--seed -1", ("prepare", "corpus0", "--seed", "-1"),
-        "seed must be a non-negative integer, got -1"),
+        "--val_seed: Input should be greater than or equal to 0, got '-1'"),
     Row("prepare", "--block-size 0", ("prepare", "corpus0", "--block-size", "0"),
         "--block-size must be >= 1, got 0"),
     Row("prepare", "--data-dir that is a file", ("prepare", "corpus0", "--data-dir", "a-file"),
@@ -251,8 +252,8 @@ ROWS: list[Row] = [
         "is not a quillgpt checkpoint's config (it has no model section); give the folder of "
         "a quillgpt run or checkpoint"),
     Row("generate", "a Hugging Face model folder", ("generate", "hf-model"),
-        "is a Hugging Face transformers config, not a quillgpt one; convert a GPT-2 with "
-        "quillgpt.interop.from_hf_gpt2"),
+        "is a Hugging Face transformers config, not a quillgpt one; convert the folder with "
+        "quill import-hf"),
     Row("generate", "a config.json that is not JSON", ("generate", "bad-json"),
         "bad-json/config.json is not valid JSON"),
     Row("generate", "a config.json that is a JSON list", ("generate", "config-list"),
@@ -381,9 +382,96 @@ ROWS: list[Row] = [
     # ---- quill bench
     Row("bench", "--only a benchmark that does not exist", ("bench", "--only", "nosuch"),
         "no benchmark named nosuch; choose from"),
+    # ---- quill export-hf, import-hf, train --init_from
+    Row("export-hf", "a run directory that does not exist", ("export-hf", "no-such-run", "out"),
+        "no config.json in no-such-run: is this a quillgpt checkpoint?"),
+    Row("export-hf", "an output folder that holds files", ("export-hf", "run", "random"),
+        "random already exists; remove it or choose another output directory"),
+    Row("export-hf", "transformers not installed", ("export-hf", "run", "out"),
+        "Hugging Face interop needs transformers: pip install 'quillgpt[hf]'",
+        without="transformers"),
+    Row("import-hf", "a quillgpt run instead of a transformers folder", ("import-hf", "run", "out"),
+        "run is a quillgpt run already: use it as it is, or write it for transformers with "
+        "quill export-hf"),
+    Row("import-hf", "a folder of another program", ("import-hf", "random", "out"),
+        "random is not a directory written by save_pretrained (no config.json)"),
+    Row("import-hf", "a transformers folder without a tokenizer.json",
+        ("import-hf", "hf-model", "out"),
+        "hf-model has no tokenizer.json; save a fast tokenizer there"),
+    Row("import-hf", "an output folder that holds files", ("import-hf", "hf-model", "random"),
+        "random already exists; remove it or choose another output directory"),
+    Row("train", "--init_from a folder that does not exist", (*TRAIN, "--init_from", "./none"),
+        "none is not a directory written by save_pretrained (no config.json)"),
+    Row("train", "--init_from a quillgpt run", (*TRAIN, "--init_from", "run"),
+        "run is a quillgpt run already"),
     # ---- quill itself
     Row("quill", "a verb that does not exist", ("trian",),
         "argument <verb>: invalid choice: 'trian'"),
+    # ---- quill train: the data options it shares with quill prepare
+    Row("train", "--text_column that the files lack",
+        (*TRAIN, "--data", "texts/good.jsonl", "--text_column", "body"),
+        "has no column 'body' (columns: text); pass --text-column NAME"),
+    Row("train", "--val_split that the files lack", (*TRAIN, "--val_split", "dev"),
+        "corpus0 has no split 'dev' (it has: train); pass --val-split"),
+    Row("train", "--split for the built-in corpus",
+        (*TRAIN, "--data", "shakespeare", "--split", "test"),
+        "drop --data-config, --split, --val-split and --text-column"),
+    Row("train", "--val_fraction 1", (*TRAIN, "--val_fraction", "1"),
+        "--val_fraction: Input should be less than 1, got '1'"),
+    Row("train", "--tokenizer_vocab 100",
+        (*TRAIN, "--tokenizer", "bpe", "--tokenizer_vocab", "100"),
+        "--tokenizer_vocab: Input should be greater than or equal to 257, got '100'"),
+    Row("train", "--tokenizer_vocab with --tokenizer char", (*TRAIN, "--tokenizer_vocab", "300"),
+        "--tokenizer_vocab applies to --tokenizer bpe only, not to char (it brings its own "
+        "vocabulary); drop it"),
+    Row("train", "--resume with another --text_column",
+        (*RESUME, "--out_dir", "run", "--text_column", "body"),
+        "it was trained with --text_column text, not body; resume without --text_column (or "
+        "with the run's own value)"),
+    Row("train", "--resume with another --val_split",
+        (*RESUME, "--out_dir", "run", "--val_split", "dev"),
+        "it was trained with --val_split none, not dev; resume without --val_split"),
+    # ---- quill export-gguf
+    Row("export-gguf", "a run directory that does not exist",
+        ("export-gguf", "no-such-run", "m.gguf"), "run_dir no-such-run does not exist"),
+    Row("export-gguf", "a run directory that is a file", ("export-gguf", "a-file", "m.gguf"),
+        "run_dir a-file is a file; give a quillgpt run or checkpoint directory"),
+    Row("export-gguf", "a folder of another program (no config.json)",
+        ("export-gguf", "random", "m.gguf"),
+        "no config.json in random: is this a quillgpt checkpoint?"),
+    Row("export-gguf", "a folder with another program's config.json",
+        ("export-gguf", "foreign", "m.gguf"),
+        "is not a quillgpt checkpoint's config (it has no model section)"),
+    Row("export-gguf", "a Hugging Face model folder", ("export-gguf", "hf-model", "m.gguf"),
+        "is a Hugging Face transformers config, not a quillgpt one"),
+    Row("export-gguf", "a run folder whose weights are in best/ only",
+        ("export-gguf", "run-best-only", "m.gguf"),
+        "no model.safetensors in run-best-only; did you mean run-best-only/best?"),
+    Row("export-gguf", "a truncated model.safetensors",
+        ("export-gguf", "run-truncated-weights", "m.gguf"),
+        "model.safetensors is unreadable (truncated or corrupt"),
+    Row("export-gguf", "a run without tokenizer.json",
+        ("export-gguf", "run-no-tokenizer", "m.gguf"),
+        "no tokenizer.json in run-no-tokenizer: the model's ids cannot be turned into text"),
+    Row("export-gguf", "a tokenizer.json from another run",
+        ("export-gguf", "run-other-tokenizer", "m.gguf"),
+        "does not match the tokenizer recorded when the model was trained"),
+    Row("export-gguf", "an int8 checkpoint of quill quantize",
+        ("export-gguf", "run-int8", "m.gguf"),
+        "run-int8 holds int8 weights written by quill quantize; export the fp32 run it was "
+        "quantized from"),
+    Row("export-gguf", "OUT that is a folder", ("export-gguf", "run", "random"),
+        "random is a folder; give the name of the file to write, e.g. model.gguf"),
+    Row("export-gguf", "OUT in a folder that does not exist",
+        ("export-gguf", "run", "no-such-dir/m.gguf"),
+        "the folder no-such-dir does not exist; create it or write elsewhere"),
+    Row("export-gguf", "OUT that is a file of another kind", ("export-gguf", "run", "a-file"),
+        "a-file exists and is not a GGUF file; it would be overwritten, so choose another name"),
+    Row("export-gguf", "--type that does not exist",
+        ("export-gguf", "run", "m.gguf", "--type", "q4_0"),
+        "argument --type: invalid choice: 'q4_0' (choose from 'f32', 'f16', 'q8_0')"),
+    Row("export-gguf", "the gguf package not installed", ("export-gguf", "run", "m.gguf"),
+        "GGUF export needs the gguf package: pip install 'quillgpt[gguf]'", without="gguf"),
 ]  # fmt: skip
 
 
@@ -571,8 +659,8 @@ def _write_foreign(root: Path) -> None:
 
     random_files = root / "random"
     random_files.mkdir()
-    (random_files / "photo.jpg").write_bytes(os.urandom(64))
-    (random_files / "notes.bin").write_bytes(os.urandom(64))
+    (random_files / "photo.jpg").write_bytes(random.Random(1).randbytes(64))
+    (random_files / "notes.bin").write_bytes(random.Random(2).randbytes(64))
     foreign = root / "foreign"
     foreign.mkdir()
     (foreign / "config.json").write_text(json.dumps({"name": "webapp", "port": 8080}))
@@ -598,7 +686,7 @@ def _write_broken_runs(root: Path) -> None:
     state = (run / "train_state.pt").read_bytes()
     weights = (run / "model.safetensors").read_bytes()
     broken = {
-        "run-corrupt-state": ("train_state.pt", os.urandom(len(state))),
+        "run-corrupt-state": ("train_state.pt", random.Random(0).randbytes(len(state))),
         "run-truncated-state": ("train_state.pt", state[: len(state) // 2]),
         "run-empty-state": ("train_state.pt", b""),
         "run-truncated-weights": ("model.safetensors", weights[: len(weights) // 2]),

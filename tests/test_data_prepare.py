@@ -197,7 +197,7 @@ def test_cli_data_dir_from_environment(corpus, tmp_path, capsys, monkeypatch) ->
         (lambda p: p / "empty", [], "no text"),
         (lambda p: p / "nocol.jsonl", [], "no column 'text'"),
         (lambda p: p / "latin", [], "is not UTF-8"),
-        (lambda p: p / "texts", ["--vocab-size", "200"], "vocab_size 200 is too small"),
+        (lambda p: p / "texts", ["--vocab-size", "200"], "greater than or equal to 257"),
         (lambda p: p / "texts", ["--block-size", "100000"], "fewer than block_size + 1"),
         (lambda p: "nobody/no-such-dataset", [], "unknown dataset 'nobody/no-such-dataset'"),
         (lambda p: p / "texts", ["--val-fraction", "1.5"], "val_fraction"),

@@ -54,7 +54,7 @@ def test_whole_corpus_round_trips_through_the_token_files(corpus, tokenizer) -> 
         assert data.meta["splits"][split]["unknown_tokens"] == 0
     assert data.meta["validation_titles"] == HELD_OUT
     if tokenizer == "bpe":
-        assert data.vocab_size == 4096
+        assert data.vocab_size == 2048  # DEFAULT_BPE_VOCAB
         assert 2.5 < data.val_bytes / data.val_tokens < 3.5
     else:
         assert data.vocab_size == 86

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from quillgpt.cli import main as cli_main
-from quillgpt.config import ModelConfig
+from quillgpt.config import ModelConfig, field_doc
 from quillgpt.errors import ConfigError, QuillError
 from quillgpt.training.config import (
     MODEL_FIELDS,
@@ -76,8 +77,8 @@ def test_train_config_round_trips_and_rejects_unknown_keys():
 
 def test_every_field_is_documented_and_names_do_not_collide():
     for cls in (ModelConfig, TrainConfig):
-        for name, info in cls.__pydantic_fields__.items():
-            assert info.description and len(info.description) > 10, (cls.__name__, name)
+        for name in cls.__pydantic_fields__:
+            assert len(field_doc(cls, name)) > 10, (cls.__name__, name)
     assert not set(TRAIN_FIELDS) & set(MODEL_FIELDS)
 
 
@@ -181,13 +182,26 @@ def test_help_documents_every_option(capsys):
     assert "torchrun" in text
 
 
-def test_make_demo_prepares_what_the_demo_preset_trains_on():
+def test_make_demo_prepares_what_the_demo_preset_trains_on(monkeypatch):
     import re
+
+    from quillgpt.data import DataOptions, token_options
 
     makefile = (CONFIGS.parent / "Makefile").read_text()
     demo_config = re.search(r"^DEMO_CONFIG \?= (\S+)$", makefile, re.M).group(1)
-    prepare = re.search(r"quill prepare --tokenizer (\w+) --vocab-size (\d+)", makefile)
+    prepare_argv = re.search(r"^\t\$\(BIN\)/quill prepare(.*)$", makefile, re.M).group(1).split()
+
+    class Asked(Exception):  # stops `quill prepare` at the options it would prepare
+        pass
+
+    def stop(options, **_):
+        raise Asked(options)
+
+    monkeypatch.setattr(DataOptions, "prepare_data", stop)
+    with pytest.raises(Asked) as asked:
+        cli_main(["prepare", *prepare_argv])
     sections = load_config_file(CONFIGS.parent / demo_config)
     _, train = build_configs(sections["model"], sections["train"])
-    assert (train.tokenizer, train.tokenizer_vocab) == (prepare.group(1), int(prepare.group(2)))
+    prepared = dataclasses.asdict(asked.value.args[0])
+    assert token_options(train.to_dict()) == token_options(prepared)
     assert train.data == "shakespeare"

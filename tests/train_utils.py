@@ -84,7 +84,11 @@ def cli_args(data: Any, out_dir: Path, **overrides: Any) -> list[str]:
         "n_head": 2,
         "n_embd": 32,
         "bias": False,
-        **{k: v for k, v in cfg.to_dict().items() if k not in ("data", "tokenizer", "data_dir")},
+        **{
+            k: v
+            for k, v in cfg.to_dict().items()
+            if k not in ("data", "tokenizer", "data_dir", "tokenizer_vocab")
+        },
     }
     args = []
     for key, value in options.items():

@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from quillgpt.config import ModelConfig
-from quillgpt.errors import CheckpointError
+from quillgpt.errors import CheckpointError, QuillError
 from quillgpt.model.decoder import DecoderLM
 
 WEIGHTS_FILE = "model.safetensors"
@@ -61,6 +61,38 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def check_new_directory(path: str | Path) -> Path:
+    """Return ``path`` if it is free or an empty directory, else raise :class:`QuillError`."""
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        raise QuillError(f"{path} already exists; remove it or choose another output directory")
+    return path
+
+
+def write_new_directory(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(staging_dir)`` and rename the result to ``path``, which must not hold files.
+
+    The staging directory sits beside ``path`` and is removed if ``write`` fails, so a failed
+    export or import leaves nothing at ``path``.
+
+    Raises:
+        QuillError: if ``path`` is a file or a non-empty directory (nothing is overwritten).
+    """
+    path = check_new_directory(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(staging)
+        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it private; give the usual mode
+        if path.is_dir():
+            path.rmdir()  # empty, as checked above
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
 
 
 def save_checkpoint(
@@ -190,8 +222,8 @@ def model_section(path: str | Path, document: dict[str, Any]) -> dict[str, Any]:
     where = Path(path) / CONFIG_FILE
     if "model_type" in document:
         raise CheckpointError(
-            f"{where} is a Hugging Face transformers config, not a quillgpt one; convert a "
-            "GPT-2 with quillgpt.interop.from_hf_gpt2 and save it with save_checkpoint"
+            f"{where} is a Hugging Face transformers config, not a quillgpt one; convert the "
+            "folder with quill import-hf"
         )
     raise CheckpointError(
         f"{where} is not a quillgpt checkpoint's config (it has no model section); give the "

@@ -32,6 +32,9 @@ VERBS: dict[str, str] = {
     "quantize": "quantize",
     "sweep": "sweep",
     "bench": "bench",
+    "export-gguf": "export_gguf",
+    "export-hf": "export_hf",
+    "import-hf": "import_hf",
 }
 
 

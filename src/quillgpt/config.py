@@ -146,6 +146,20 @@ class ModelConfig:
         return cls.from_dict({**MODEL_PRESETS[name], **overrides})
 
 
+def field_doc(cls: type, name: str) -> str:
+    """The documentation of field ``name`` of config dataclass ``cls``: the string under it.
+
+    Looked up through the base classes too: pydantic reads a dataclass's attribute docstrings
+    from its own body only, so the fields a config inherits (``TrainConfig``'s data options)
+    have none of their own.
+    """
+    for klass in cls.__mro__:
+        info = getattr(klass, "__pydantic_fields__", {}).get(name)
+        if info is not None and info.description:
+            return str(info.description)
+    return ""
+
+
 def load_dataclass(
     cls: type[ConfigT],
     data: dict[str, Any],

@@ -2,11 +2,15 @@
 
 Examples::
 
-    quill prepare                                   # built-in Shakespeare, BPE 4096
+    quill prepare                                   # built-in Shakespeare, BPE 2048
     quill prepare --tokenizer char
-    quill prepare path/to/texts/ --tokenizer bpe --vocab-size 8192
-    quill prepare roneneldan/TinyStories --text-column text
+    quill prepare path/to/texts/ --tokenizer bpe --tokenizer-vocab 8192
+    quill prepare stories.jsonl --text-column story
+    quill prepare roneneldan/TinyStories --split train --val-split validation
     quill prepare --tokenizer gpt2/tokenizer.json   # an existing tokenizer file
+
+The data options are :class:`~quillgpt.data.DataOptions`, ``quill train``'s under the same names
+(``quill train --data stories.jsonl --text-column story`` reads what the fourth line builds).
 """
 
 from __future__ import annotations
@@ -17,44 +21,32 @@ import time
 
 HELP = "load a corpus, train or load a tokenizer, and write cached token files"
 
+OLD_SPELLINGS = {
+    "data_config": ("--config",),
+    "val_seed": ("--seed",),
+    "tokenizer_vocab": ("--vocab-size",),
+}
+"""The options' names before ``quill prepare`` shared them with ``quill train``; still accepted."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``quill prepare``."""
+    """Add the data options (positional ``SOURCE`` for ``data``) and those of preparing."""
+    from quillgpt.commands.options import add_config_options
+    from quillgpt.config import field_doc
+    from quillgpt.data import DataOptions
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("Examples::", 1)[1].split("The data options", 1)[0].rstrip()
     parser.add_argument(
-        "source",
+        "data",
         nargs="?",
-        default="shakespeare",
-        help="'shakespeare' (built in, default), a .txt/.jsonl/.json/.parquet file or folder, "
-        "a folder written by save_to_disk, or a Hugging Face hub dataset name",
+        metavar="SOURCE",
+        default=argparse.SUPPRESS,
+        help=" ".join(field_doc(DataOptions, "data").replace("``", "").split())
+        + " (default: shakespeare)",
     )
-    parser.add_argument("--config", default=None, help="hub dataset configuration name")
-    parser.add_argument("--split", default="train", help="split to train on (default: train)")
-    parser.add_argument(
-        "--val-split",
-        default=None,
-        help="split to validate on (default: 'validation' if present, else carved out of --split)",
-    )
-    parser.add_argument("--text-column", default="text", help="column with the text")
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="share of characters held out, by whole documents, when carving (default: 0.1)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out choice")
-    parser.add_argument(
-        "--tokenizer",
-        default="bpe",
-        help="'bpe' (byte-level BPE trained on the corpus, default), 'char', or a tokenizer.json",
-    )
-    parser.add_argument(
-        "--vocab-size", type=int, default=None, help="BPE vocabulary size (default: 4096)"
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="where data is cached (default: $QUILLGPT_DATA_DIR, else ./data)",
-    )
+    group = parser.add_argument_group("data (DataOptions: the same options as quill train's)")
+    add_config_options(group, DataOptions, skip=("data",), aliases=OLD_SPELLINGS)
     parser.add_argument(
         "--num-proc",
         type=int,
@@ -72,29 +64,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prepare the data, print a summary table, return 0."""
-    from quillgpt.data import SPLITS, CorpusSpec, make_eval_loader, prepare_data
+    from quillgpt.commands.options import refuse_unused_vocab
+    from quillgpt.config import load_dataclass
+    from quillgpt.data import DATA_FIELDS, SPLITS, DataOptions, make_eval_loader
     from quillgpt.errors import QuillError
 
+    given = {name: value for name, value in vars(args).items() if name in DATA_FIELDS}
+    options = load_dataclass(DataOptions, {}, text=given)
+    refuse_unused_vocab(options.tokenizer, given)
     if args.block_size is not None and args.block_size < 1:  # before minutes of preparing
         raise QuillError(f"--block-size must be >= 1, got {args.block_size}")
     start = time.perf_counter()
-    spec = CorpusSpec(
-        source=args.source,
-        config=args.config,
-        split=args.split,
-        val_split=args.val_split,
-        text_column=args.text_column,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-    )
-    data = prepare_data(
-        spec,
-        tokenizer=args.tokenizer,
-        vocab_size=args.vocab_size,
-        data_dir=args.data_dir,
-        num_proc=args.num_proc,
-        force=args.force,
-    )
+    data = options.prepare_data(num_proc=args.num_proc, force=args.force)
     if args.block_size is not None:
         for split in SPLITS:
             make_eval_loader(data, args.block_size, batch_size=1, split=split)
@@ -108,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         if data.reused
         else f"built in {elapsed:.1f} s"
     )
-    print(f"{args.source}: {tok_name} tokenizer, vocab {data.vocab_size}; {how}")
+    print(f"{options.data}: {tok_name} tokenizer, vocab {data.vocab_size}; {how}")
     header = ("split", "documents", "characters", "bytes", "tokens", "bytes/token")
     print(f"  {header[0]:<11}" + "".join(f"{h:>13}" for h in header[1:]))
     for split in SPLITS:

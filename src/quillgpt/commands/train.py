@@ -5,10 +5,13 @@ Examples::
     quill train --config configs/shakespeare-bpe-cpu.toml                 # the CPU demo
     quill train --config configs/shakespeare-bpe-cpu.toml --max_time 1m --lr 3e-3
     quill train --resume --out_dir runs/shakespeare-bpe-cpu               # continue a run
+    quill train --config configs/shakespeare-bpe-cpu.toml --data my_texts/ --out_dir runs/mine
+    quill train --init_from hf/gpt2 --data my_texts/ --block_size 256     # fine-tune GPT-2
     torchrun --nproc_per_node 4 -m quillgpt.cli train --config configs/gpt2-124m.toml
 
 Every field of ``ModelConfig`` and ``TrainConfig`` is an option (``--n_layer`` or ``--n-layer``);
-options override the config file, which overrides the defaults.
+options override the config file, which overrides the defaults. The data options (``--data``,
+``--text_column``, ``--tokenizer_vocab``, ...) are ``quill prepare``'s, under the same names.
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 HELP = "train a model (config file + overrides; checkpoints, exact --resume, torchrun)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config``, ``--resume`` and one option per ModelConfig/TrainConfig field."""
+    from quillgpt.commands.options import add_config_options
     from quillgpt.config import ModelConfig
     from quillgpt.training.config import TrainConfig
 
@@ -50,29 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model_title = "model (ModelConfig; vocab_size always follows the tokenizer)"
     add_config_options(parser.add_argument_group(model_title), ModelConfig, skip=("vocab_size",))
     add_config_options(parser.add_argument_group("training (TrainConfig)"), TrainConfig)
-
-
-def add_config_options(
-    group: argparse._ArgumentGroup, cls: type, skip: tuple[str, ...] = ()
-) -> None:
-    """One ``--name`` (and ``--dashed-name``) option per field of config dataclass ``cls``.
-
-    The help is the field's docstring. Values stay text here: :func:`build_configs` converts
-    and checks them with the same rules as a config file's.
-    """
-    for name, info in cls.__pydantic_fields__.items():  # type: ignore[attr-defined]
-        if name in skip:
-            continue
-        flags = [f"--{name}", f"--{name.replace('_', '-')}"] if "_" in name else [f"--{name}"]
-        text = " ".join((info.description or "").replace("``", "").split())
-        default = "none" if info.default is None else info.default
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
-        kwargs["help"] = f"{text} (default: {default})".replace("%", "%%")
-        if typing.get_origin(info.annotation) is Literal:
-            kwargs["choices"] = typing.get_args(info.annotation)
-        elif info.annotation is bool:  # --flag alone means true
-            kwargs.update(nargs="?", const=True, metavar="BOOL")
-        group.add_argument(*flags, **kwargs)
 
 
 def merged_sections(
@@ -107,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     """Prepare the data (cached), train, print where everything is; return the exit status."""
     import sys
 
-    from quillgpt.data import prepare_data
+    from quillgpt.commands.options import refuse_unused_vocab
     from quillgpt.device import resolve_device
     from quillgpt.training import train
     from quillgpt.training.config import build_configs
@@ -115,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from quillgpt.training.run_dir import run_lock
 
     model, train_values, model_text, train_text, source = merged_sections(args)
-    if not args.config and not args.resume and not model_text:
+    if not args.config and not args.resume and not model_text and "init_from" not in train_text:
         print(
             "note: no --config; using the ModelConfig defaults (the GPT-2 124M shape). "
             "See configs/ for CPU presets.",
@@ -124,29 +105,32 @@ def run(args: argparse.Namespace) -> int:
     model_cfg, train_cfg = build_configs(
         model, train_values, source=source, model_text=model_text, train_text=train_text
     )
+    refuse_unused_vocab(train_cfg.tokenizer, train_text)
     if args.print_config:
         document = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
         document["model"].pop("vocab_size")
         print(json.dumps(document, indent=2))
         return 0
+    given_model = None
+    if train_cfg.init_from:
+        explicit = {**model, **model_text}.keys()
+        tokenizer_given = "tokenizer" in {**train_values, **train_text}
+        given_model, train_cfg = start_from_hf(model_cfg, train_cfg, explicit, tokenizer_given)
+        model_cfg = given_model.config
     check_before_writing(train_cfg, resume=args.resume)
     par = Parallel.start(resolve_device(train_cfg.device), train_cfg.parallel)
 
-    def prepare() -> Any:
-        vocab = train_cfg.tokenizer_vocab if train_cfg.tokenizer == "bpe" else None
-        return prepare_data(train_cfg.data, train_cfg.tokenizer, vocab, data_dir=train_cfg.data_dir)
-
     try:
         if par.is_main:  # rank 0 builds the cache, the others then read it
-            data = prepare()
+            data = train_cfg.prepare_data()
         par.barrier()
         if not par.is_main:
-            data = prepare()
+            data = train_cfg.prepare_data()
         check_data_fits(data, model_cfg.block_size, train_cfg.batch_size, par.world_size)
         # rank 0 holds the run directory's lock: a second `quill train` there is refused
         lock = run_lock(train_cfg.out_dir) if par.is_main else contextlib.nullcontext()
         with lock:
-            result = train(model_cfg, train_cfg, data, resume=args.resume)
+            result = train(model_cfg, train_cfg, data, model=given_model, resume=args.resume)
         if par.is_main:
             _summarize(result)
     finally:
@@ -154,6 +138,64 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130 if result.stopped == "SIGINT" else 143
     return 0
+
+
+ADJUSTABLE_WHEN_IMPORTED = ("dropout", "attention", "block_size")
+"""Model options that ``--init_from`` leaves to the user: they do not change the weights."""
+
+
+def start_from_hf(
+    model_cfg: Any, train_cfg: Any, explicit: Iterable[str], tokenizer_given: bool
+) -> tuple[Any, Any]:
+    """The model of ``train_cfg.init_from``, and ``train_cfg`` with its tokenizer.
+
+    Every process imports the same weights. On ``--resume`` they are imported again and then
+    replaced by the checkpoint's, so a run killed before its first checkpoint starts over from
+    the imported model, not from a random one.
+
+    Raises:
+        QuillError: the source cannot be loaded or has no ``tokenizer.json``, a model option
+            other than :data:`ADJUSTABLE_WHEN_IMPORTED` differs from the model's, a longer
+            ``block_size`` than its learned positions, or another ``--tokenizer``.
+    """
+    from quillgpt.errors import QuillError
+    from quillgpt.interop.hf import from_hf, hf_snapshot, load_hf_tokenizer
+    from quillgpt.model import DecoderLM
+
+    source = hf_snapshot(train_cfg.init_from)
+    tokenizer = source / "tokenizer.json"
+    load_hf_tokenizer(source)  # a clear error now if it is missing or broken
+    if tokenizer_given and Path(train_cfg.tokenizer) != tokenizer:
+        raise QuillError(
+            f"--init_from uses the tokenizer of {source}; drop --tokenizer {train_cfg.tokenizer}"
+        )
+    imported = from_hf(source)
+    shape = imported.config
+    clashes = [
+        f"--{name} {getattr(model_cfg, name)} (the model has {getattr(shape, name)})"
+        for name in sorted(explicit)
+        if name not in ADJUSTABLE_WHEN_IMPORTED and getattr(model_cfg, name) != getattr(shape, name)
+    ]
+    if clashes:
+        raise QuillError(
+            f"--init_from takes the model's shape from {train_cfg.init_from}; drop "
+            f"{', '.join(clashes)} (only {', '.join(ADJUSTABLE_WHEN_IMPORTED)} may be set)"
+        )
+    block_size = model_cfg.block_size if "block_size" in explicit else shape.block_size
+    if block_size > shape.block_size and shape.pos_encoding == "learned":
+        raise QuillError(
+            f"--block_size {block_size} is longer than the {shape.block_size} positions "
+            f"{train_cfg.init_from} has learned; use --block_size {shape.block_size} or less"
+        )
+    config = dataclasses.replace(
+        shape, block_size=block_size, dropout=model_cfg.dropout, attention=model_cfg.attention
+    )
+    model = DecoderLM(config)
+    state = imported.state_dict()
+    if shape.pos_encoding == "learned":  # a shorter context keeps the first positions
+        state["pos_emb.embed.weight"] = state["pos_emb.embed.weight"][:block_size]
+    model.load_state_dict(state)
+    return model, dataclasses.replace(train_cfg, tokenizer=str(tokenizer))
 
 
 def check_before_writing(cfg: Any, *, resume: bool) -> None:

@@ -7,8 +7,9 @@ The pipeline, and the one call that runs it::
       -> flat uint16/uint32 token file per split + meta.json      [cached, atomic]
       -> DataLoader of (x, y), int64 (B, T), y = x shifted by one
 
-    from quillgpt.data import prepare_data, make_train_loader, make_eval_loader
-    data = prepare_data("shakespeare", tokenizer="bpe", vocab_size=4096)
+    from quillgpt.data import DataOptions, prepare_data, make_train_loader, make_eval_loader
+    data = prepare_data("shakespeare", tokenizer="bpe", vocab_size=2048)
+    data = DataOptions(data="stories.jsonl", text_column="story").prepare_data()  # as the CLI
     train = make_train_loader(data, block_size=256, batch_size=16, seed=0, start_step=step)
     val = make_eval_loader(data, block_size=256, batch_size=16)
     bits_per_byte = total_nats / data.val_bytes / math.log(2)
@@ -26,8 +27,10 @@ from quillgpt.data.loader import (
     make_eval_loader,
     make_train_loader,
 )
-from quillgpt.data.prepare import DEFAULT_BPE_VOCAB, prepare_data
+from quillgpt.data.options import DATA_FIELDS, TOKEN_FIELDS, DataOptions, token_options
+from quillgpt.data.prepare import prepare_data
 from quillgpt.data.tokenizer import (
+    DEFAULT_BPE_VOCAB,
     EOT,
     MIN_BPE_VOCAB,
     UNK,
@@ -42,12 +45,15 @@ from quillgpt.data.tokens import SPLITS, PreparedData, token_dtype
 __all__ = [
     "BUILTIN",
     "DATA_DIR_ENV",
+    "DATA_FIELDS",
     "DEFAULT_BPE_VOCAB",
     "EOT",
     "MIN_BPE_VOCAB",
     "SPLITS",
+    "TOKEN_FIELDS",
     "UNK",
     "CorpusSpec",
+    "DataOptions",
     "PreparedData",
     "RandomWindowSampler",
     "SequentialWindowSampler",
@@ -61,6 +67,7 @@ __all__ = [
     "prepare_data",
     "resolve_data_dir",
     "token_dtype",
+    "token_options",
     "tokenizer_sha256",
     "train_bpe",
     "train_char",

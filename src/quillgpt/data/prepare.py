@@ -29,6 +29,7 @@ from quillgpt.data.cache import (
 )
 from quillgpt.data.corpus import CorpusSpec, load_corpus
 from quillgpt.data.tokenizer import (
+    DEFAULT_BPE_VOCAB,
     check_bpe_vocab,
     eot_id,
     load_tokenizer,
@@ -41,9 +42,6 @@ from quillgpt.errors import DataError
 
 if TYPE_CHECKING:
     from datasets import Dataset
-
-DEFAULT_BPE_VOCAB = 4096
-"""BPE vocabulary size when none is given."""
 
 TokenizerChoice = str | os.PathLike[str] | Tokenizer
 
@@ -66,7 +64,8 @@ def prepare_data(
             character of the corpus, both splits, so that all of it round-trips exactly: only the
             alphabet is shared, no statistics), the path of a ``tokenizer.json``, or a
             ``tokenizers.Tokenizer``.
-        vocab_size: BPE vocabulary size (default 4096, at least 257); BPE only.
+        vocab_size: BPE vocabulary size (default :data:`DEFAULT_BPE_VOCAB`, 2048; at least
+            257); BPE only.
         data_dir: root of all data files (default ``$QUILLGPT_DATA_DIR`` or ``./data``).
         num_proc: processes for ``Dataset.map`` while tokenizing. 1 (the default) never forks,
             which is safe inside a process that holds threads or a CUDA context, and still

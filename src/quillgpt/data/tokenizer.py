@@ -34,8 +34,13 @@ UNK = "<|unk|>"
 MIN_BPE_VOCAB = 256 + 1
 """Smallest byte-level BPE vocabulary: the 256 byte symbols plus :data:`EOT`."""
 
+DEFAULT_BPE_VOCAB = 2048
+"""BPE vocabulary size when none is given, in ``quill prepare``, ``quill train`` and Python alike:
+the size the CPU presets train (4096 learned more per token but ran 15% slower, worse in 5
+minutes; docs/performance.md)."""
 
-def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
+
+def train_bpe(texts: Iterable[str], vocab_size: int = DEFAULT_BPE_VOCAB) -> Tokenizer:
     """Train a byte-level BPE tokenizer with ``vocab_size`` ids (256 bytes + EOT + merges).
 
     The vocabulary can come out smaller when the text runs out of pairs to merge. Training is

@@ -12,7 +12,7 @@ What ``quill generate`` and ``quill eval`` share: open a checkpoint directory (f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from quillgpt.checkpoint import (
     model_section,
     read_config,
 )
+from quillgpt.config import ModelConfig
 from quillgpt.device import resolve_device
 from quillgpt.errors import CheckpointError, QuillError
 from quillgpt.model.decoder import DecoderLM
@@ -163,6 +164,37 @@ def load_for_inference(
 
         prepare_for_decoding(model)
     return LoadedModel(model.eval(), tokenizer, target, path, document, int8, notes)
+
+
+def load_for_export(
+    path: str | Path, check: Callable[[ModelConfig], Any] | None = None
+) -> tuple[DecoderLM, Any]:
+    """Open checkpoint directory ``path`` as an fp32 CPU model and its tokenizer, to convert.
+
+    What ``quill export-hf`` and ``quill export-gguf`` share. ``check`` sees the model's
+    config before the weights are read, so a model the format cannot hold costs nothing.
+
+    Raises:
+        CheckpointError: not a usable checkpoint, or one written by ``quill quantize`` (its
+            int8 weights are not the model's: export the fp32 run it came from).
+        QuillError: whatever ``check`` raises.
+    """
+    from quillgpt.inference.quantized_checkpoint import is_quantized_checkpoint
+
+    path = Path(path)
+    if not (path / WEIGHTS_FILE).is_file() and (path / "best" / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"no {WEIGHTS_FILE} in {path}; did you mean {path / 'best'}?")
+    document = read_config(path)
+    config = ModelConfig.from_dict(model_section(path, document), source=str(path))
+    tokenizer = load_tokenizer_checked(path, document, config.vocab_size)
+    if is_quantized_checkpoint(path):
+        raise CheckpointError(
+            f"{path} holds int8 weights written by quill quantize; export the fp32 run it was "
+            "quantized from"
+        )
+    if check is not None:
+        check(config)
+    return load_checkpoint(path), tokenizer
 
 
 def encode_prompt(loaded: LoadedModel, prompt: str) -> tuple[list[int], str | None]:

@@ -1,5 +1,5 @@
-"""Moving weights between quillgpt and other libraries."""
+"""Moving models between quillgpt and other libraries."""
 
-from quillgpt.interop.hf import from_hf_gpt2, to_hf_gpt2
+from quillgpt.interop.hf import from_hf, to_hf
 
-__all__ = ["from_hf_gpt2", "to_hf_gpt2"]
+__all__ = ["from_hf", "to_hf"]

@@ -41,7 +41,7 @@ DEFAULT_GRID: tuple[tuple[int, int], ...] = (
 """Six sizes from ~0.2M to ~20M parameters (with a 2048-token vocabulary)."""
 
 BASE_ARGS: tuple[str, ...] = (
-    "--data", "shakespeare", "--tokenizer", "bpe", "--tokenizer_vocab", "2048",
+    "--data", "shakespeare", "--tokenizer", "bpe",  # of DEFAULT_BPE_VOCAB (2048) ids
     "--block_size", "128", "--batch_size", "32", "--pos_encoding", "rope", "--bias", "false",
     "--tie_weights", "true", "--dropout", "0", "--warmup_steps", "50", "--schedule", "cosine",
     "--min_lr_ratio", "0.1", "--weight_decay", "0.1", "--beta2", "0.95", "--grad_clip", "1.0",

@@ -2,7 +2,8 @@
 
 A run is described by two typed dataclasses: :class:`~quillgpt.config.ModelConfig` (the
 network's shape) and :class:`TrainConfig` (everything else: data, optimiser, schedule, budget,
-precision, checkpoints). Both come from, in increasing priority:
+precision, checkpoints; its data options are :class:`~quillgpt.data.DataOptions`, shared with
+``quill prepare``). Both come from, in increasing priority:
 
 1. the dataclass defaults,
 2. a config file (TOML, YAML or JSON) with a ``[model]`` and a ``[train]`` section,
@@ -39,6 +40,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic.dataclasses import dataclass
 
 from quillgpt.config import MODEL_PRESETS, STRICT, ModelConfig, Positive, load_dataclass
+from quillgpt.data.options import DataOptions
 from quillgpt.errors import ConfigError, QuillError
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(hours?|h|minutes?|min|m|seconds?|sec|s)?", re.I)
@@ -117,22 +119,21 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 @dataclass(config=STRICT)
-class TrainConfig:
-    """Everything about a training run that is not the model's shape (documented per field)."""
+class TrainConfig(DataOptions):
+    """Everything about a training run that is not the model's shape (documented per field).
 
-    data: str = "shakespeare"
-    """The corpus: ``shakespeare`` (built in), a local text/json/parquet file or folder, or a
-    Hugging Face hub dataset name."""
-    tokenizer: str = "bpe"
-    """``bpe`` (byte-level BPE trained on the training split), ``char``, or the path of an
-    existing ``tokenizer.json``."""
-    tokenizer_vocab: Positive = 2048
-    """Vocabulary size of a trained BPE tokenizer (ignored for ``char``). The model's
-    ``vocab_size`` is always taken from the tokenizer."""
-    data_dir: str | None = None
-    """Where prepared data is cached (default ``$QUILLGPT_DATA_DIR`` or ``./data``)."""
+    The first fields are the data options, inherited from
+    :class:`~quillgpt.data.DataOptions`: the same options as ``quill prepare``'s, so the same
+    values name the same cached token files.
+    """
+
     out_dir: str = "runs/default"
     """The run directory: checkpoints, metrics.jsonl, loss.png, samples.txt."""
+    init_from: str | None = None
+    """Start from the weights of a ``transformers`` GPT-2, GPT-NeoX or Arcee model: a
+    ``save_pretrained`` directory (or, online, a hub name such as ``gpt2``). The model's shape
+    and its ``tokenizer.json`` come from there; of the model options only ``dropout``,
+    ``attention`` and a smaller ``block_size`` may be set."""
     batch_size: Positive = 32
     """Sequences per micro-batch on each process."""
     grad_accum: Positive = 1
@@ -244,13 +245,6 @@ class TrainConfig:
     """Also write TensorBoard event files to ``<out_dir>/tensorboard``."""
     progress: bool = True
     """Show a progress bar."""
-
-    def __post_init__(self) -> None:
-        is_file = self.tokenizer.endswith(".json")
-        if self.tokenizer not in ("bpe", "char") and not is_file:
-            raise ValueError(
-                f"tokenizer must be 'bpe', 'char' or a tokenizer.json path, got {self.tokenizer!r}"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as a JSON-serialisable dict (``max_time`` in seconds)."""

@@ -374,31 +374,33 @@ def is_run_config(path: Path) -> bool:
     )
 
 
-RESUMED_DATA_FIELDS = ("data", "tokenizer", "tokenizer_vocab")
-"""What decides the token ids: a resumed run must keep them (checked before data preparation)."""
-
-
 def check_resume_data(path: str | Path, cfg: TrainConfig) -> None:
     """Refuse ``--resume`` with other data or tokenizer options than the saved run's.
 
-    Checked before the data is prepared, so that a wrong ``--tokenizer`` costs nothing and
-    builds no token files; the tokenizer's hash in ``train_state.pt`` is checked again after.
+    Every option that decides the token ids (:data:`~quillgpt.data.TOKEN_FIELDS`: the corpus,
+    its configuration, splits, text column, held-out share and seed, the tokenizer and its
+    size) must be the run's. Checked before the data is prepared, so that a wrong
+    ``--tokenizer`` costs nothing and builds no token files; the tokenizer's hash in
+    ``train_state.pt`` is checked again after.
 
     Raises:
         CheckpointError: naming the option, the run's value and the one given.
     """
+    from quillgpt.data import TOKEN_FIELDS, token_options
+
     path = Path(path)
     if not (path / TRAIN_STATE_FILE).exists() or not is_run_config(path / CONFIG_FILE):
         return
-    saved = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))["train"]
-    given = cfg.to_dict()
-    for key in RESUMED_DATA_FIELDS:
-        if key == "tokenizer_vocab" and given["tokenizer"] != "bpe":
-            continue  # only a trained BPE has a vocabulary size to choose
-        if key in saved and not _same_value(saved[key], given[key]):
+    saved = token_options(json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))["train"])
+    given = token_options(cfg.to_dict())
+    for key in TOKEN_FIELDS:
+        if not _same_value(saved[key], given[key]):
+            run_value, new_value = (
+                "none" if value is None else value for value in (saved[key], given[key])
+            )
             raise CheckpointError(
-                f"cannot resume {path}: it was trained with --{key} {saved[key]}, not "
-                f"{given[key]}; resume without --{key} (or with the run's own value)"
+                f"cannot resume {path}: it was trained with --{key} {run_value}, not "
+                f"{new_value}; resume without --{key} (or with the run's own value)"
             )
 
 
@@ -444,7 +446,11 @@ def _load_failure(path: Path, exc: Exception) -> str:
     """``torch.load``'s reason in a few words: its messages run to paragraphs."""
     if path.stat().st_size == 0:
         return "the file is empty"
-    if isinstance(exc, pickle.UnpicklingError):  # what weights_only=True refuses, or noise
+    # torch.save writes a zip archive: other bytes fail in whichever step meets them first, and
+    # weights_only=True refuses a pickle of more than tensors with an UnpicklingError
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"  # a truncated archive still starts like one
+    if not is_zip or isinstance(exc, pickle.UnpicklingError):
         return "not a file torch.save wrote, or one holding more than tensors and numbers"
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     first = first.split(". ", 1)[0].rstrip(".")
