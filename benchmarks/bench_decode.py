@@ -8,8 +8,9 @@ function. Each contender generates ``--new-tokens`` tokens greedily with a KV ca
 Contenders:
 
 * ``hf``: ``GPT2LMHeadModel.generate(do_sample=False)``.
-* ``quill``: ``DecoderLM.generate`` as it comes (``nn.Linear`` layers).
-* ``quill_decode``: a copy after ``prepare_for_decoding`` (what ``quill generate`` runs on a CPU).
+* ``quill``: ``DecoderLM.generate`` as it comes (on a CPU in fp32, the ``DecodeLinear`` layout
+  for the duration of the call).
+* ``quill_plain``: ``DecoderLM.generate(fast=False)``: the plain ``nn.Linear`` layers.
 
 Decoding one token reads every weight once, so ``tokens/s <= read bandwidth / weight bytes``.
 The read bandwidth is measured with ``torch.sum`` over 1 GiB; the "bound" columns use it.
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from quillgpt import DecoderLM, ModelConfig
-from quillgpt.inference.decode import DecodeLinear, prepare_for_decoding
+from quillgpt.model.decode_layout import DecodeLinear, prepare_for_decoding
 
 from common import emit, markdown_table, median, time_alternating
 
@@ -134,18 +135,17 @@ SIZES = {
 
 
 def size_rows(repeats: int, new_tokens: int = 100) -> list[dict[str, object]]:
-    """DecoderLM.generate with nn.Linear vs after prepare_for_decoding, for smaller models."""
+    """DecoderLM.generate with nn.Linear (fast=False) vs its default layout, for smaller models."""
     rows = []
     for label, fields in SIZES.items():
         torch.manual_seed(0)
-        plain = DecoderLM(ModelConfig(**fields)).eval()
-        fast = copy.deepcopy(plain)
-        converted = prepare_for_decoding(fast)
+        model = DecoderLM(ModelConfig(**fields)).eval()
+        converted = prepare_for_decoding(copy.deepcopy(model))  # what the default converts
         prompt = torch.randint(0, fields["vocab_size"], (1, 16))
         n = min(new_tokens, fields["block_size"] - 16)
         fns = {
-            name: (lambda m=m, p=prompt, n=n: m.generate(p, n))
-            for name, m in (("plain", plain), ("fast", fast))
+            name: (lambda m=model, fast=fast, p=prompt, n=n: m.generate(p, n, fast=fast))
+            for name, fast in (("plain", False), ("fast", True))
         }
         times = time_alternating(fns, warmup=1, repeats=repeats)
         rows.append(
@@ -174,8 +174,6 @@ def main() -> None:
     config = ModelConfig.preset(args.preset, activation="gelu_tanh")
     model = DecoderLM(config).eval()
     hf = hf_copy(model)
-    fast = copy.deepcopy(model)
-    prepare_for_decoding(fast)
     bandwidth = read_bandwidth()
     per_token = weight_bytes_per_token(model)
     bound = bandwidth / per_token
@@ -192,14 +190,14 @@ def main() -> None:
         fns = {
             "hf": hf_generate,
             "quill": lambda prompt=prompt, n=n: model.generate(prompt, n),
-            "quill_decode": lambda prompt=prompt, n=n: fast.generate(prompt, n),
+            "quill_plain": lambda prompt=prompt, n=n: model.generate(prompt, n, fast=False),
         }
         outputs = {name: fn() for name, fn in fns.items()}
         times = time_alternating(fns, warmup=args.warmup, repeats=args.repeats)
         row: dict[str, object] = {"batch": batch}
         for name, ts in times.items():
             row[f"{name}_tok_s"] = batch * n / median(ts)
-        for name in ("quill", "quill_decode"):
+        for name in ("quill", "quill_plain"):
             row[f"{name}_vs_hf"] = row[f"{name}_tok_s"] / row["hf_tok_s"]
             same = (outputs[name] == outputs["hf"]).float().mean().item()
             row[f"{name}_same_tokens_as_hf"] = same

@@ -31,9 +31,9 @@ import torch
 
 from quillgpt import DecoderLM, ModelConfig, save_checkpoint
 from quillgpt.checkpoint import WEIGHTS_FILE
-from quillgpt.inference.decode import prepare_for_decoding
 from quillgpt.inference.quantize import linear_weight_bytes, quantize_int8
 from quillgpt.inference.quantized_checkpoint import save_quantized
+from quillgpt.model.decode_layout import prepare_for_decoding
 
 from common import emit, markdown_table, median, time_alternating
 

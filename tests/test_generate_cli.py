@@ -13,7 +13,7 @@ from inference_utils import trained_run
 from quillgpt.cli import main
 from quillgpt.data import train_char
 from quillgpt.inference import load_for_inference, stream_text
-from quillgpt.inference.decode import DecodeLinear
+from quillgpt.model.decode_layout import DecodeLinear
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +97,7 @@ def test_int8_generation(run_dir, capsys, tmp_path):
 
 
 def test_fp32_cpu_decoding_uses_the_decode_layout(run_dir, monkeypatch):
-    monkeypatch.setattr("quillgpt.inference.decode.MIN_BYTES", 0)  # the tiny layers too
+    monkeypatch.setattr("quillgpt.model.decode_layout.MIN_BYTES", 0)  # the tiny layers too
     loaded = load_for_inference(run_dir, device="cpu")
     assert isinstance(loaded.model.lm_head, DecodeLinear)
     plain = load_for_inference(run_dir, device="cpu", fast_decode=False)

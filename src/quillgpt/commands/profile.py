@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from quillgpt import DecoderLM, ModelConfig, load_checkpoint
     from quillgpt.device import resolve_device
     from quillgpt.errors import QuillError
-    from quillgpt.inference.decode import prepare_for_decoding
     from quillgpt.inference.quantize import quantize_int8
+    from quillgpt.model.decode_layout import prepare_for_decoding
     from quillgpt.threads import set_threads
     from quillgpt.tools.profile import profile_model
     from quillgpt.tools.profile_report import to_markdown

@@ -113,7 +113,7 @@ def load_for_inference(
             :mod:`quillgpt.inference.quantize`). A checkpoint written by ``quill quantize`` is
             int8 whatever this says.
         fast_decode: on a CPU in fp32, convert the linear layers to
-            :class:`~quillgpt.inference.decode.DecodeLinear` for faster token-by-token decoding.
+            :class:`~quillgpt.model.decode_layout.DecodeLinear` for faster token-by-token decoding.
 
     On an Intel GPU (``xpu``), Intel's Extension for PyTorch is applied (``ipex.optimize``) only
     if it is installed and built for this torch version, and ``notes`` says so.
@@ -160,7 +160,7 @@ def load_for_inference(
         if applied:
             notes.append("intel_extension_for_pytorch matches torch: ipex.optimize applied")
     if fast_decode and not int8 and target.type == "cpu":
-        from quillgpt.inference.decode import prepare_for_decoding
+        from quillgpt.model.decode_layout import prepare_for_decoding
 
         prepare_for_decoding(model)
     return LoadedModel(model.eval(), tokenizer, target, path, document, int8, notes)

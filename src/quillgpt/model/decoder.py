@@ -232,6 +232,7 @@ class DecoderLM(nn.Module):
         use_cache: bool = True,
         seed: int | None = None,
         stop_tokens: int | Sequence[int] | None = None,
+        fast: bool = True,
     ) -> torch.Tensor:
         """Continue ``idx`` ``(B, T)`` by up to ``max_new_tokens``; return ``(B, T + new)``.
 
@@ -242,6 +243,9 @@ class DecoderLM(nn.Module):
         (rows that finished first are padded with the stop token they produced). Prompts longer
         than ``block_size`` are cropped to their last ``block_size`` tokens, and generation past
         the window conditions on the most recent ``block_size`` tokens (a sliding window).
+        ``fast=False`` decodes with the plain ``nn.Linear`` layers instead of the faster CPU
+        layout (:mod:`~quillgpt.model.decode_layout`; the tests check both give the same tokens).
+        The model's parameters and ``state_dict`` are the same after generating as before.
         """
         new_tokens = list(
             generate_stream(
@@ -254,6 +258,7 @@ class DecoderLM(nn.Module):
                 use_cache=use_cache,
                 seed=seed,
                 stop_tokens=stop_tokens,
+                fast=fast,
             )
         )
         if not new_tokens:

@@ -12,12 +12,15 @@ it for ``generate`` and ``stream``, never the other way round.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from quillgpt.config import ModelConfig
+from quillgpt.model.decode_layout import decoding_layout
 from quillgpt.model.kv_cache import KVCache
 
 
@@ -94,11 +97,14 @@ def generate_stream(
     use_cache: bool = True,
     seed: int | None = None,
     stop_tokens: int | Sequence[int] | None = None,
+    fast: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield ``max_new_tokens`` (or fewer, on stop tokens) next tokens ``(B,)`` continuing ``idx``.
 
     See :meth:`quillgpt.DecoderLM.generate` for the arguments. The model is put in eval mode for
-    the duration and restored afterwards.
+    the duration and restored afterwards. With ``fast``, a CPU fp32 model's large linear layers
+    compute in the matrix-vector layout of :func:`~quillgpt.model.decode_layout.decoding_layout`
+    for the duration (the same function, about twice the speed at the GPT-2 shape).
 
     With the cache, each step costs one token's worth of compute while the sequence fits the
     window. Once it would overflow, absolute position embeddings of the kept tokens change, so
@@ -120,20 +126,21 @@ def generate_stream(
         generator = torch.Generator(device=idx.device).manual_seed(seed)
     was_training = model.training
     model.train(False)
+    layout = decoding_layout(model, fast) if isinstance(model, nn.Module) else nullcontext()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), layout:
             context = idx[:, -block_size:]
             cache = model.new_kv_cache(idx.shape[0]) if use_cache else None
             finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
             logits = model.next_token_logits(context, cache)
-            for _ in range(max_new_tokens):
+            for step in range(max_new_tokens):
                 token = choose_next(logits, temperature, top_k, top_p, generator)
                 if stops.numel():
                     token = torch.where(finished, context[:, -1], token)
                     finished |= torch.isin(token, stops)
                 yield token
-                if stops.numel() and bool(finished.all()):
-                    return
+                if step == max_new_tokens - 1 or (stops.numel() and bool(finished.all())):
+                    return  # the last token needs no logits after it
                 context = torch.cat([context, token[:, None]], dim=1)[:, -block_size:]
                 if cache is None:
                     logits = model.next_token_logits(context)

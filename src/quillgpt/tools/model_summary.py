@@ -7,8 +7,8 @@ from torch import nn
 
 def linear_kind(model: nn.Module) -> str:
     """``int8``, ``nn.Linear``, or how many linear layers are ``DecodeLinear``."""
-    from quillgpt.inference.decode import DecodeLinear
     from quillgpt.inference.quantized_linear import is_quantized_linear
+    from quillgpt.model.decode_layout import DecodeLinear
 
     modules = list(model.modules())
     if any(is_quantized_linear(m) for m in modules):

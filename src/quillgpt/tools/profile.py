@@ -78,7 +78,7 @@ def profile_model(
             copy you do not need.
         device: where it runs.
         inference_model: run prefill and decode on this model instead (an int8 or
-            :func:`~quillgpt.inference.decode.prepare_for_decoding` copy, which cannot train).
+            :func:`~quillgpt.model.decode_layout.prepare_for_decoding` copy, which cannot train).
         batch_size: sequences per phase.
         seq_len: training sequence length (default ``block_size``).
         prompt_len: prompt tokens encoded by the prefill.

@@ -17,19 +17,25 @@ features into ``S`` slabs ``(S, C, N/S)``, one per thread, and computes all slab
 ``torch.baddbmm``. PyTorch spreads the ``S`` independent matrix products of a batched matmul over
 its threads, so every core streams its own share of the weights.
 
-Use it on a model that only runs inference::
+``DecoderLM.generate`` and ``stream`` use it by default on a CPU in fp32, for the duration of the
+call only (:func:`decoding_layout`): the model's own layers, weights and ``state_dict`` are put
+back afterwards, so a model can be trained and saved after generating. Converting costs one copy
+of the converted weights per call. To keep the converted copy for many calls instead::
 
     model = load_checkpoint(run_dir)
     prepare_for_decoding(model)          # in place; returns the number of layers converted
     model.generate(idx, max_new_tokens=128)
 
-The converted model computes the same function (to float rounding), but its ``state_dict`` has
-different names and shapes: convert a fresh copy for generation, never a model you will train or
-save. A tied output head gets its own transposed copy (``V x C`` floats more memory), since the
-token embedding still needs the original layout for its row look-ups.
+A model converted this way computes the same function (to float rounding), but its
+``state_dict`` has different names and shapes: convert a fresh copy for generation, never a model
+you will train or save. A tied output head gets its own transposed copy (``V x C`` floats more
+memory), since the token embedding still needs the original layout for its row look-ups.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +96,17 @@ is read from cache, and splitting it costs more in thread hand-offs than it save
 a 2-layer, 64-wide model decodes ~10% slower with every layer converted)."""
 
 
+def _convertible(model: nn.Module, min_bytes: int | None) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """``(parent, name, layer)`` of every ``nn.Linear`` in ``model`` of at least ``min_bytes``."""
+    min_bytes = MIN_BYTES if min_bytes is None else min_bytes
+    return [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear and child.weight.nbytes >= min_bytes
+    ]
+
+
 def prepare_for_decoding(
     model: nn.Module, num_slabs: int | None = None, min_bytes: int | None = None
 ) -> int:
@@ -100,13 +117,27 @@ def prepare_for_decoding(
     single matrix product already uses the whole device, so leave the model as it is there.
     Returns the number of layers converted.
     """
-    min_bytes = MIN_BYTES if min_bytes is None else min_bytes
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is nn.Linear and child.weight.nbytes >= min_bytes
-    ]
+    targets = _convertible(model, min_bytes)
     for parent, name, child in targets:
         setattr(parent, name, DecodeLinear(child, num_slabs))
     return len(targets)
+
+
+@contextlib.contextmanager
+def decoding_layout(model: nn.Module, enabled: bool = True) -> Iterator[int]:
+    """Within the block, ``model``'s large ``nn.Linear`` layers compute as :class:`DecodeLinear`.
+
+    Only where the layout pays: fp32 weights on a CPU, outside of training (the copies carry no
+    gradient). On leaving the block, even by an exception or an abandoned generator, the original
+    layers are put back, with their parameters untouched. Yields the number of layers converted.
+    """
+    weight = next((p for p in model.parameters() if p.dim() == 2), None)
+    pays = weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
+    targets = _convertible(model, None) if enabled and pays and not model.training else []
+    for parent, name, child in targets:
+        setattr(parent, name, DecodeLinear(child))
+    try:
+        yield len(targets)
+    finally:
+        for parent, name, child in targets:
+            setattr(parent, name, child)
