@@ -37,7 +37,8 @@ from quillgpt import DecoderLM, ModelConfig, load_checkpoint, save_checkpoint
 from quillgpt.cli import main as cli_main
 from quillgpt.data.tokenizer import train_bpe, train_char
 from quillgpt.errors import QuillError
-from quillgpt.interop.gguf import gguf_architecture, gguf_vocab, write_gguf
+from quillgpt.interop.gguf import gguf_architecture, write_gguf
+from quillgpt.interop.gguf_vocab import gguf_vocab
 from quillgpt.training import TrainConfig, train
 from quillgpt.training.config import load_config_file
 
