@@ -124,3 +124,17 @@ def test_no_layout_where_it_does_not_pay(tiny_config, every_layer_converts):
     model.generate(torch.zeros(1, 1, dtype=torch.long), 2)
     hook.remove()
     assert seen == [nn.Linear, nn.Linear]  # bf16 weights: the plain layers
+
+
+def test_the_thread_count_does_not_change_the_tokens(tiny_config, every_layer_converts):
+    model = DecoderLM(ModelConfig(**{**tiny_config.to_dict(), "vocab_size": 512})).eval()
+    idx = torch.randint(0, 512, (2, 6))
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)  # the slab count follows the threads
+            outputs += [model.generate(idx, 40, fast=fast) for fast in (True, False)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(out, outputs[0]) for out in outputs)
