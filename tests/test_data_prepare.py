@@ -154,7 +154,7 @@ def test_large_vocabulary_uses_uint32(corpus, data_dir) -> None:
 
 
 def test_vocab_size_only_for_bpe(corpus, data_dir) -> None:
-    with pytest.raises(DataError, match="--vocab-size applies to --tokenizer bpe only"):
+    with pytest.raises(DataError, match="vocab_size applies to tokenizer='bpe' only"):
         prepare_data(corpus, tokenizer="char", vocab_size=100, data_dir=data_dir)
 
 

@@ -85,7 +85,7 @@ def test_bpe_training_is_deterministic() -> None:
 
 @pytest.mark.parametrize("size", [0, 100, MIN_BPE_VOCAB - 1])
 def test_bpe_vocab_too_small_for_bytes_and_special_token(size: int) -> None:
-    with pytest.raises(DataError, match=f"--vocab-size {MIN_BPE_VOCAB} or more"):
+    with pytest.raises(DataError, match=f"vocab_size of {MIN_BPE_VOCAB} or more"):
         train_bpe(TEXTS, vocab_size=size)
 
 

@@ -193,10 +193,12 @@ def _tokenizer_choice(
             check_bpe_vocab(size)
             return {"kind": "bpe", "vocab_size": size}, f"bpe{size}", None
         if vocab_size is not None:
-            raise DataError("--vocab-size applies to --tokenizer bpe only")
+            raise DataError("vocab_size applies to tokenizer='bpe' only; pass vocab_size=None")
         return {"kind": "char"}, "char", None
     if vocab_size is not None:
-        raise DataError("--vocab-size applies to --tokenizer bpe only, not to a given tokenizer")
+        raise DataError(
+            "vocab_size applies to tokenizer='bpe' only, not to a given tokenizer; pass None"
+        )
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
     eot_id(tok)
     digest = tokenizer_sha256(tok)

@@ -68,7 +68,7 @@ def check_bpe_vocab(vocab_size: int) -> None:
     if vocab_size < MIN_BPE_VOCAB:
         raise DataError(
             f"vocab_size {vocab_size} is too small: byte-level BPE needs 256 byte tokens plus "
-            f"{EOT}, so use --vocab-size {MIN_BPE_VOCAB} or more"
+            f"{EOT}, so use a vocab_size of {MIN_BPE_VOCAB} or more"
         )
     if vocab_size > 2**32:
         raise DataError(f"vocab_size {vocab_size} does not fit in uint32 token files")
