@@ -163,7 +163,7 @@ def accuracy_rows(run_dir: Path, batch_size: int) -> list[dict[str, object]]:
     }
     reference = None
     for name, options in variants.items():
-        loaded = load_for_inference(run_dir, device="cpu", fast_decode=False, **options)
+        loaded = load_for_inference(run_dir, device="cpu", **options)
         data = open_eval_data(loaded)
         result = evaluate_loaded(loaded, data, batch_size=batch_size)
         reference = reference or result
@@ -176,7 +176,7 @@ def accuracy_rows(run_dir: Path, batch_size: int) -> list[dict[str, object]]:
                 "targets": result.targets,
             }
         )
-    loaded = load_for_inference(run_dir, device="cpu", fast_decode=False)
+    loaded = load_for_inference(run_dir, device="cpu")
     quantize_int8(loaded.model, include_head=False)
     result = evaluate_loaded(loaded, open_eval_data(loaded), batch_size=batch_size)
     rows.append(

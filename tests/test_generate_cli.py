@@ -8,6 +8,7 @@ import re
 import shutil
 
 import pytest
+import torch
 
 from inference_utils import trained_run
 from quillgpt.cli import main
@@ -97,12 +98,16 @@ def test_int8_generation(run_dir, capsys, tmp_path):
 
 
 def test_fp32_cpu_decoding_uses_the_decode_layout(run_dir, monkeypatch):
-    monkeypatch.setattr("quillgpt.model.decode_layout.MIN_BYTES", 0)  # the tiny layers too
     loaded = load_for_inference(run_dir, device="cpu")
-    assert isinstance(loaded.model.lm_head, DecodeLinear)
-    plain = load_for_inference(run_dir, device="cpu", fast_decode=False)
     kwargs = dict(max_new_tokens=15, temperature=0.0, stop_at_eot=False)
-    assert list(stream_text(loaded, [5, 6], **kwargs)) == list(stream_text(plain, [5, 6], **kwargs))
+    monkeypatch.setattr("quillgpt.model.decode_layout.MIN_BYTES", 1 << 62)  # nothing converts
+    plain = list(stream_text(loaded, [5, 6], **kwargs))
+    used = []
+    forward = DecodeLinear.forward
+    monkeypatch.setattr(DecodeLinear, "forward", lambda self, x: used.append(1) or forward(self, x))
+    monkeypatch.setattr("quillgpt.model.decode_layout.MIN_BYTES", 0)  # the tiny layers too
+    assert list(stream_text(loaded, [5, 6], **kwargs)) == plain
+    assert used and type(loaded.model.lm_head) is torch.nn.Linear  # used, then put back
 
 
 def test_missing_or_foreign_tokenizer_is_a_clear_error(run_dir, capsys, tmp_path):

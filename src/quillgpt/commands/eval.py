@@ -57,9 +57,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise QuillError("--batch-size and --max-batches must be >= 1")
-    loaded = load_for_inference(
-        args.run_dir, device=args.device, quantize=args.quantize, fast_decode=False
-    )
+    loaded = load_for_inference(args.run_dir, device=args.device, quantize=args.quantize)
     for note in loaded.notes:
         print(f"quill eval: {note}", file=sys.stderr)
     data = open_eval_data(loaded, args.dataset, args.data_dir)

@@ -96,12 +96,28 @@ def load_tokenizer_checked(path: str | Path, document: dict[str, Any], vocab_siz
     return tokenizer
 
 
+def open_checkpoint(path: str | Path) -> tuple[dict[str, Any], ModelConfig, Any]:
+    """``config.json``, the model config and the checked tokenizer of checkpoint ``path``.
+
+    The weights are not read yet, so what is wrong with the folder is found first.
+
+    Raises:
+        CheckpointError: no checkpoint there (a run's ``best/`` is suggested when it has one),
+            another program's ``config.json``, or a missing or mismatched tokenizer.
+    """
+    path = Path(path)
+    if not (path / WEIGHTS_FILE).is_file() and (path / "best" / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"no {WEIGHTS_FILE} in {path}; did you mean {path / 'best'}?")
+    document = read_config(path)
+    config = ModelConfig.from_dict(model_section(path, document), source=str(path))
+    return document, config, load_tokenizer_checked(path, document, config.vocab_size)
+
+
 def load_for_inference(
     path: str | Path,
     *,
     device: str = "auto",
     quantize: str = "none",
-    fast_decode: bool = True,
 ) -> LoadedModel:
     """Open the checkpoint directory ``path`` for generation or evaluation.
 
@@ -112,8 +128,9 @@ def load_for_inference(
         quantize: ``"none"`` or ``"int8"`` (dynamic int8 of the linear layers, see
             :mod:`quillgpt.inference.quantize`). A checkpoint written by ``quill quantize`` is
             int8 whatever this says.
-        fast_decode: on a CPU in fp32, convert the linear layers to
-            :class:`~quillgpt.model.decode_layout.DecodeLinear` for faster token-by-token decoding.
+
+    The model keeps its ``nn.Linear`` layers: on a CPU in fp32, ``generate`` and ``stream`` take
+    the faster decode layout themselves for each call (:mod:`quillgpt.model.decode_layout`).
 
     On an Intel GPU (``xpu``), Intel's Extension for PyTorch is applied (``ipex.optimize``) only
     if it is installed and built for this torch version, and ``notes`` says so.
@@ -129,11 +146,7 @@ def load_for_inference(
     if quantize not in QUANTIZE_CHOICES:
         raise QuillError(f"unknown --quantize {quantize!r}; choose one of {QUANTIZE_CHOICES}")
     path = Path(path)
-    if not (path / WEIGHTS_FILE).is_file() and (path / "best" / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"no {WEIGHTS_FILE} in {path}; did you mean {path / 'best'}?")
-    document = read_config(path)
-    vocab_size = model_section(path, document)["vocab_size"]
-    tokenizer = load_tokenizer_checked(path, document, vocab_size)
+    document, _, tokenizer = open_checkpoint(path)
     stored_int8 = is_quantized_checkpoint(path)
     int8 = stored_int8 or quantize == "int8"
     notes: list[str] = []
@@ -159,10 +172,6 @@ def load_for_inference(
         model, _, applied = ipex_optimize(model.eval())
         if applied:
             notes.append("intel_extension_for_pytorch matches torch: ipex.optimize applied")
-    if fast_decode and not int8 and target.type == "cpu":
-        from quillgpt.model.decode_layout import prepare_for_decoding
-
-        prepare_for_decoding(model)
     return LoadedModel(model.eval(), tokenizer, target, path, document, int8, notes)
 
 
@@ -181,12 +190,7 @@ def load_for_export(
     """
     from quillgpt.inference.quantized_checkpoint import is_quantized_checkpoint
 
-    path = Path(path)
-    if not (path / WEIGHTS_FILE).is_file() and (path / "best" / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"no {WEIGHTS_FILE} in {path}; did you mean {path / 'best'}?")
-    document = read_config(path)
-    config = ModelConfig.from_dict(model_section(path, document), source=str(path))
-    tokenizer = load_tokenizer_checked(path, document, config.vocab_size)
+    _, config, tokenizer = open_checkpoint(path)
     if is_quantized_checkpoint(path):
         raise CheckpointError(
             f"{path} holds int8 weights written by quill quantize; export the fp32 run it was "
