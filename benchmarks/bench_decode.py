@@ -24,7 +24,6 @@ model shapes of the CPU presets (batch 1, 100 new tokens).
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 import time
 import warnings
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from quillgpt import DecoderLM, ModelConfig
-from quillgpt.model.decode_layout import DecodeLinear, prepare_for_decoding
+from quillgpt.model.decode_layout import DecodeLinear, decoding_layout
 
 from common import emit, markdown_table, median, time_alternating
 
@@ -94,14 +93,12 @@ def matvec_rows(repeats: int) -> list[dict[str, object]]:
     head = torch.nn.Linear(768, 50257, bias=False)
     head.weight.data = weight
     threads = torch.get_num_threads()
-    one_slab = DecodeLinear(head, num_slabs=1)
-    all_slabs = DecodeLinear(head, num_slabs=threads)
+    fast = DecodeLinear(head)
     kernels = {
         "F.linear(x, W) [W: (N, C)]": lambda: F.linear(x, weight),
         "torch.mv(W, x) [W: (N, C)]": lambda: torch.mv(weight, x[0]),
         "x @ W [W: (C, N)]": lambda: x @ transposed,
-        "DecodeLinear, 1 slab": lambda: one_slab(x),
-        f"DecodeLinear, {threads} slabs": lambda: all_slabs(x),
+        "DecodeLinear (oneDNN) [W: (N, C)]": lambda: fast(x),
     }
     rows = []
     for num_threads in sorted({1, threads}):
@@ -140,7 +137,8 @@ def size_rows(repeats: int, new_tokens: int = 100) -> list[dict[str, object]]:
     for label, fields in SIZES.items():
         torch.manual_seed(0)
         model = DecoderLM(ModelConfig(**fields)).eval()
-        converted = prepare_for_decoding(copy.deepcopy(model))  # what the default converts
+        with decoding_layout(model) as converted:  # what the default converts
+            pass
         prompt = torch.randint(0, fields["vocab_size"], (1, 16))
         n = min(new_tokens, fields["block_size"] - 16)
         fns = {

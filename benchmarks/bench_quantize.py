@@ -33,7 +33,6 @@ from quillgpt import DecoderLM, ModelConfig, save_checkpoint
 from quillgpt.checkpoint import WEIGHTS_FILE
 from quillgpt.inference.quantize import linear_weight_bytes, quantize_int8
 from quillgpt.inference.quantized_checkpoint import save_quantized
-from quillgpt.model.decode_layout import prepare_for_decoding
 
 from common import emit, markdown_table, median, time_alternating
 
@@ -44,12 +43,10 @@ def speed_rows(args: argparse.Namespace) -> tuple[list[dict[str, object]], dict[
     torch.manual_seed(0)
     model = DecoderLM(ModelConfig.preset("gpt2")).eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_len))
-    fast = copy.deepcopy(model)
-    prepare_for_decoding(fast)
     int8 = quantize_int8(copy.deepcopy(model), backend="torch.ao")
     contenders = {
         "fp32 nn.Linear": model,
-        "fp32 DecodeLinear": fast,
+        "fp32 generate (fast path)": model,
         f"int8 torch.ao ({int8.quantization['engine']})": int8,
         "int8 torch.ao (fbgemm)": quantize_int8(copy.deepcopy(model), engine="fbgemm"),
         "int8 torch.ao (onednn)": quantize_int8(copy.deepcopy(model), engine="onednn"),
@@ -57,13 +54,16 @@ def speed_rows(args: argparse.Namespace) -> tuple[list[dict[str, object]], dict[
     }
     n = args.new_tokens
 
-    def generate(m: DecoderLM) -> torch.Tensor:
+    def generate(m: DecoderLM, fast: bool = True) -> torch.Tensor:
         engine = getattr(m, "quantization", {}).get("engine")
         if engine is not None:
             torch.backends.quantized.engine = engine  # global: set for the model that runs
-        return m.generate(prompt, n)
+        return m.generate(prompt, n, fast=fast)
 
-    fns = {name: (lambda m=m: generate(m)) for name, m in contenders.items()}
+    fns = {
+        name: (lambda m=m, plain=name == "fp32 nn.Linear": generate(m, fast=not plain))
+        for name, m in contenders.items()
+    }
     outputs = {name: fn() for name, fn in fns.items()}
     times = time_alternating(fns, warmup=1, repeats=args.repeats)
     rows: list[dict[str, object]] = []

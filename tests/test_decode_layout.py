@@ -1,53 +1,83 @@
-"""DecodeLinear (the slab layout for fast CPU decoding) computes exactly what nn.Linear does."""
+"""The fast decoding path: DecodeLinear, the one-token decode_step, and generate's use of both."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 from torch import nn
 
 from quillgpt import DecoderLM, ModelConfig
-from quillgpt.model.decode_layout import DecodeLinear, prepare_for_decoding
+from quillgpt.model.decode_layout import DecodeLinear, decoding_layout
 
 
-@pytest.mark.parametrize("num_slabs", [1, 2, 3, 5])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(7,), (2, 7), (2, 3, 7)])
-def test_decode_linear_matches_linear(num_slabs, bias, shape):
+def test_decode_linear_matches_linear_on_the_layers_own_weights(bias, shape):
     linear = nn.Linear(7, 11, bias=bias)
-    fast = DecodeLinear(linear, num_slabs)
+    fast = DecodeLinear(linear)
     x = torch.randn(*shape)
     torch.testing.assert_close(fast(x), linear(x), rtol=1e-6, atol=1e-6)
     assert fast(x).shape == (*shape[:-1], 11)
-    assert fast.slabs.shape == (num_slabs, 7, -(-11 // num_slabs))
+    assert [id(p) for p in fast.parameters()] == [id(p) for p in linear.parameters()]
 
 
-def test_num_slabs_defaults_to_threads_and_must_be_positive():
-    assert DecodeLinear(nn.Linear(4, 4)).num_slabs == torch.get_num_threads()
-    with pytest.raises(ValueError, match="num_slabs"):
-        DecodeLinear(nn.Linear(4, 4), -1)
+OPTIONS = [
+    dict(),
+    dict(pos_encoding="sinusoidal", bias=False),
+    dict(pos_encoding="rope", norm="rmsnorm", activation="relu2"),
+    dict(pos_encoding="rope", qk_norm=True, logit_softcap=15.0, tie_weights=True),
+    dict(activation="gelu_tanh", norm="rmsnorm", qk_norm=True),
+]
 
 
-def test_prepared_model_generates_the_same_tokens(tiny_config):
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "default")
+def test_decode_step_computes_what_the_forward_pass_does(tiny_config, options):
+    model = DecoderLM(ModelConfig(**{**tiny_config.to_dict(), **options})).eval()
+    idx = torch.randint(0, tiny_config.vocab_size, (3, 9))
+    fast, plain = model.new_kv_cache(3), model.new_kv_cache(3)
+    with torch.inference_mode():
+        model.next_token_logits(idx[:, :5], fast)
+        model.next_token_logits(idx[:, :5], plain)
+        for t in range(5, 9):
+            stepped = model.decode_step(idx[:, t], fast)
+            reference = model.next_token_logits(idx[:, t : t + 1], plain)
+            torch.testing.assert_close(stepped, reference, rtol=1e-5, atol=1e-5)
+    assert fast.length == plain.length == 9
+    torch.testing.assert_close(fast.keys[:, :, :, :9], plain.keys[:, :, :, :9])
+    torch.testing.assert_close(fast.values[:, :, :, :9], plain.values[:, :, :, :9])
+
+
+def test_decode_step_refuses_training_mode_and_a_full_window(tiny_config):
+    model = DecoderLM(tiny_config)
+    cache = model.new_kv_cache(1)
+    with pytest.raises(ValueError, match="eval"):
+        model.decode_step(torch.zeros(1, dtype=torch.long), cache)
+    model.eval()
+    model.next_token_logits(torch.zeros(1, tiny_config.block_size, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="block_size"):
+        model.decode_step(torch.zeros(1, dtype=torch.long), cache)
+
+
+def test_generate_allocates_the_cache_it_needs(tiny_config, monkeypatch):
     model = DecoderLM(tiny_config).eval()
-    fast = copy.deepcopy(model)
-    converted = prepare_for_decoding(fast, num_slabs=2, min_bytes=0)
-    assert converted == 4 * tiny_config.n_layer + 1  # qkv, proj, fc, proj per block + head
-    assert not any(type(m) is nn.Linear for m in fast.modules())
-    idx = torch.randint(0, tiny_config.vocab_size, (2, 5))
-    torch.testing.assert_close(fast(idx)[0], model(idx)[0], rtol=1e-5, atol=1e-5)
-    assert torch.equal(fast.generate(idx, 12), model.generate(idx, 12))
-    assert torch.equal(fast.tok_emb.weight, model.tok_emb.weight)  # the embedding is untouched
+    sizes = []
+    new_kv_cache = model.new_kv_cache
+    spy = lambda batch, n=None: sizes.append(n) or new_kv_cache(batch, n)  # noqa: E731
+    monkeypatch.setattr(model, "new_kv_cache", spy)
+    model.generate(torch.zeros(1, 3, dtype=torch.long), 4)
+    model.generate(torch.zeros(1, 3, dtype=torch.long), tiny_config.block_size)
+    assert sizes == [3 + 4, 3 + tiny_config.block_size]  # new_kv_cache caps it at block_size
+    assert new_kv_cache(1, 3 + tiny_config.block_size).max_len == tiny_config.block_size
 
 
 def test_small_layers_stay_plain(tiny_config):
-    model = DecoderLM(ModelConfig(**{**tiny_config.to_dict(), "vocab_size": 1000}))
-    big = model.lm_head.weight.nbytes
-    assert prepare_for_decoding(model, min_bytes=big) == 1  # only the head is that large
-    assert isinstance(model.lm_head, DecodeLinear)
-    assert type(model.blocks[0].ffn.fc) is nn.Linear
+    model = DecoderLM(ModelConfig(**{**tiny_config.to_dict(), "vocab_size": 8192})).eval()
+    assert model.lm_head.weight.nbytes >= 1 << 20 > model.blocks[0].ffn.fc.weight.nbytes
+    with decoding_layout(model) as swapped:
+        assert swapped == 1  # only the head is that large
+        assert isinstance(model.lm_head, DecodeLinear)
+        assert type(model.blocks[0].ffn.fc) is nn.Linear
+    assert type(model.lm_head) is nn.Linear
 
 
 @pytest.fixture
@@ -117,13 +147,17 @@ def test_an_abandoned_stream_or_an_error_puts_the_layers_back(tiny_config, every
     assert type(model.lm_head) is nn.Linear
 
 
-def test_no_layout_where_it_does_not_pay(tiny_config, every_layer_converts):
+def test_no_layout_where_it_does_not_pay(tiny_config, every_layer_converts, monkeypatch):
     model = DecoderLM(tiny_config).to(torch.bfloat16).eval()
-    seen = []
-    hook = model.lm_head.register_forward_hook(lambda m, i, o: seen.append(type(m)))
-    model.generate(torch.zeros(1, 1, dtype=torch.long), 2)
-    hook.remove()
-    assert seen == [nn.Linear, nn.Linear]  # bf16 weights: the plain layers
+    with decoding_layout(model) as swapped:
+        assert swapped == 0  # bf16 weights: the plain layers
+    model.float()
+    with decoding_layout(model) as swapped:
+        assert swapped == 4 * tiny_config.n_layer + 1
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    with decoding_layout(model) as swapped:
+        assert swapped == 0  # a PyTorch built without oneDNN
+    assert model.generate(torch.zeros(1, 1, dtype=torch.long), 3).shape == (1, 4)
 
 
 def test_the_thread_count_does_not_change_the_tokens(tiny_config, every_layer_converts):
@@ -133,7 +167,7 @@ def test_the_thread_count_does_not_change_the_tokens(tiny_config, every_layer_co
     try:
         outputs = []
         for count in (1, 2, 3):
-            torch.set_num_threads(count)  # the slab count follows the threads
+            torch.set_num_threads(count)  # oneDNN splits each product over the threads
             outputs += [model.generate(idx, 40, fast=fast) for fast in (True, False)]
     finally:
         torch.set_num_threads(threads)

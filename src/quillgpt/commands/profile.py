@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plain-linear",
         action="store_true",
-        help="decode with nn.Linear even on a CPU (default there: the DecodeLinear layout)",
+        help="prefill and decode with the plain forward pass, as generate(fast=False) does",
     )
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per phase")
@@ -72,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
     from quillgpt.device import resolve_device
     from quillgpt.errors import QuillError
     from quillgpt.inference.quantize import quantize_int8
-    from quillgpt.model.decode_layout import prepare_for_decoding
     from quillgpt.threads import set_threads
     from quillgpt.tools.profile import profile_model
     from quillgpt.tools.profile_report import to_markdown
@@ -97,13 +96,11 @@ def run(args: argparse.Namespace) -> int:
     inference_model = None
     if args.quantize == "int8":
         inference_model = quantize_int8(copy.deepcopy(model))
-    elif device.type == "cpu" and not args.plain_linear:
-        inference_model = copy.deepcopy(model)
-        prepare_for_decoding(inference_model)
     report = profile_model(
         model,
         device=device,
         inference_model=inference_model,
+        fast=not args.plain_linear,
         batch_size=args.batch_size,
         seq_len=args.seq_len,
         prompt_len=args.prompt_len,

@@ -150,3 +150,30 @@ class MultiHeadSelfAttention(nn.Module):
         y = attend(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # merge heads: (B, T, H*D)
         return self.resid_dropout(self.proj(y))
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        kv_cache: KVCache,
+        layer: int,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward` for one new token per row, in eval mode: ``x (B, C) -> (B, C)``.
+
+        The same function in about half the tensor operations: queries and keys are normalised
+        and rotated together, the one query needs no mask, and no dropout runs. Decoding calls
+        this once per layer per token, where the per-operation overhead is most of the time
+        (``benchmarks/bench_decode_step.py``). ``rotary`` tables are ``(1, D)``.
+        """
+        B, C = x.shape
+        qkv = self.qkv(x).view(B, 3, self.n_head, self.head_size)
+        qk, v = qkv[:, :2], qkv[:, 2]  # (B, 2, H, D) queries and keys, (B, H, D) values
+        if self.qk_norm is not None:
+            qk = self.qk_norm(qk)
+        if rotary is not None:
+            qk = apply_rotary(qk, *rotary)
+        q, k = qk.unbind(1)
+        keys, values = kv_cache.append_one(layer, k, v)  # (B, H, S, D), S = past + 1
+        scores = (q.unsqueeze(2) @ keys.transpose(2, 3)) * (1.0 / math.sqrt(self.head_size))
+        y = F.softmax(scores, dim=-1) @ values  # (B, H, 1, D)
+        return self.proj(y.view(B, C))

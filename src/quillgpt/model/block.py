@@ -42,3 +42,14 @@ class DecoderBlock(nn.Module):
             self.ln1(x), attn_mask=attn_mask, rotary=rotary, kv_cache=kv_cache, layer=layer
         )
         return x + self.ffn(self.ln2(x))
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        kv_cache: KVCache,
+        layer: int,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward` for one new token per row, in eval mode: ``x (B, C) -> (B, C)``."""
+        x = x + self.attn.decode(self.ln1(x), kv_cache, layer, rotary)
+        return x + self.ffn.proj(self.ffn.act(self.ffn.fc(self.ln2(x))))  # no dropout in eval

@@ -216,6 +216,31 @@ class DecoderLM(nn.Module):
         """
         return self.logits(self.hidden_states(idx, kv_cache=kv_cache)[:, -1])
 
+    def decode_step(self, token: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
+        """Logits ``(B, V)`` after one more token per row, ``token (B,)``, appended to ``kv_cache``.
+
+        What ``next_token_logits(token[:, None], kv_cache)`` returns, computed through each
+        block's one-token :meth:`~quillgpt.model.block.DecoderBlock.decode` (about half the tensor
+        operations): the decode steps of generation. Eval mode only (no dropout).
+        """
+        if self.training:
+            raise ValueError("decode_step runs in eval mode: call model.eval() first")
+        past = kv_cache.length
+        if past >= self.config.block_size:
+            raise ValueError(
+                f"the KV cache already holds block_size={self.config.block_size} tokens; "
+                "reset it and refill from the last block_size tokens (generate() does this)"
+            )
+        here = slice(past, past + 1)  # this token's position, as a view into the tables
+        x = self.tok_emb.weight[token]  # (B, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(here)
+        rotary = self.rotary(here) if self.rotary is not None else None  # (1, D) tables
+        for layer, block in enumerate(self.blocks):
+            x = block.decode(x, kv_cache, layer, rotary)
+        kv_cache.advance(1)
+        return self.logits(self.ln_f(x))
+
     def next_token_probs(self, idx: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """Return the next-token distribution ``softmax(logits / temperature)``, ``(B, V)``."""
         if temperature <= 0:

@@ -30,12 +30,16 @@ class Decoder(Protocol):
     config: ModelConfig
     training: bool
 
-    def new_kv_cache(self, batch_size: int) -> KVCache:
-        """An empty cache for ``batch_size`` sequences of up to ``block_size`` tokens."""
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to ``max_len`` (``block_size``)."""
         ...
 
     def next_token_logits(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Logits ``(B, V)`` of the token after ``idx`` ``(B, T)``, appending to ``kv_cache``."""
+        ...
+
+    def decode_step(self, token: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
+        """``next_token_logits(token[:, None], kv_cache)`` for ``token (B,)``, in fewer ops."""
         ...
 
     def train(self, mode: bool = True) -> Any:
@@ -104,7 +108,8 @@ def generate_stream(
     See :meth:`quillgpt.DecoderLM.generate` for the arguments. The model is put in eval mode for
     the duration and restored afterwards. With ``fast``, a CPU fp32 model's large linear layers
     compute in the matrix-vector layout of :func:`~quillgpt.model.decode_layout.decoding_layout`
-    for the duration (the same function, about twice the speed at the GPT-2 shape).
+    for the duration, and each decode step runs the model's one-token ``decode_step`` (the same
+    function in fewer operations); ``fast=False`` is the plain forward pass at every step.
 
     With the cache, each step costs one token's worth of compute while the sequence fits the
     window. Once it would overflow, absolute position embeddings of the kept tokens change, so
@@ -129,24 +134,31 @@ def generate_stream(
     layout = decoding_layout(model, fast) if isinstance(model, nn.Module) else nullcontext()
     try:
         with torch.inference_mode(), layout:
-            context = idx[:, -block_size:]
-            cache = model.new_kv_cache(idx.shape[0]) if use_cache else None
-            finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-            logits = model.next_token_logits(context, cache)
+            batch, length = idx.shape[0], min(idx.shape[1], block_size)
+            # every token so far, written in place: the context is a view, never a cat
+            sequence = idx.new_empty(batch, length + max_new_tokens)
+            sequence[:, :length] = idx[:, -length:]
+            cache = model.new_kv_cache(batch, length + max_new_tokens) if use_cache else None
+            finished = torch.zeros(batch, dtype=torch.bool, device=idx.device)
+            logits = model.next_token_logits(sequence[:, :length], cache)
             for step in range(max_new_tokens):
                 token = choose_next(logits, temperature, top_k, top_p, generator)
                 if stops.numel():
-                    token = torch.where(finished, context[:, -1], token)
+                    token = torch.where(finished, sequence[:, length - 1], token)
                     finished |= torch.isin(token, stops)
                 yield token
                 if step == max_new_tokens - 1 or (stops.numel() and bool(finished.all())):
                     return  # the last token needs no logits after it
-                context = torch.cat([context, token[:, None]], dim=1)[:, -block_size:]
+                sequence[:, length] = token
+                length += 1
+                context = sequence[:, max(0, length - block_size) : length]
                 if cache is None:
                     logits = model.next_token_logits(context)
-                elif cache.length < block_size:
+                elif cache.length < cache.max_len and fast:
+                    logits = model.decode_step(token, cache)
+                elif cache.length < cache.max_len:
                     logits = model.next_token_logits(token[:, None], cache)
-                else:
+                else:  # the window is full: start the cache again from the last block_size
                     cache.reset()
                     logits = model.next_token_logits(context, cache)
     finally:

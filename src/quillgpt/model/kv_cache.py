@@ -29,8 +29,9 @@ class KVCache:
         device: torch.device | str = "cpu",
     ) -> None:
         shape = (n_layer, batch_size, n_head, max_len, head_size)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        # never read before written (attention sees only the first ``length`` positions)
+        self.keys = torch.empty(shape, dtype=dtype, device=device)
+        self.values = torch.empty(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.length = 0
 
@@ -55,6 +56,23 @@ class KVCache:
         self.keys[layer, :, :, self.length : end] = k
         self.values[layer, :, :, self.length : end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def append_one(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`update` for one position: ``k``, ``v`` ``(B, H, D)``; return ``(B, H, S, D)``.
+
+        ``S = length + 1``. Fewer indexing operations than :meth:`update`, for the decode steps.
+        """
+        if self.length >= self.max_len:
+            raise ValueError(
+                f"KV cache holds {self.max_len} positions, all written; "
+                "reset it or allocate a longer cache"
+            )
+        keys, values = self.keys[layer], self.values[layer]  # (B, H, max_len, D)
+        keys.select(2, self.length).copy_(k)
+        values.select(2, self.length).copy_(v)
+        return keys[:, :, : self.length + 1], values[:, :, : self.length + 1]
 
     def advance(self, num_tokens: int) -> None:
         """Mark ``num_tokens`` more positions as written (after every layer has stored them)."""

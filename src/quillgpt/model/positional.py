@@ -22,16 +22,16 @@ from torch import nn
 class LearnedPositionalEmbedding(nn.Module):
     """A trained ``C``-vector for each of ``block_size`` positions.
 
-    Shapes: ``positions (T,) int64 -> (T, C)``, broadcast over the batch when added.
+    Shapes: ``positions (T,) int64 (or a slice) -> (T, C)``, broadcast over the batch when added.
     """
 
     def __init__(self, block_size: int, n_embd: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(block_size, n_embd)
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        """Return the vectors of ``positions`` (``(T,)``) as ``(T, C)``."""
-        return self.embed(positions)
+    def forward(self, positions: torch.Tensor | slice) -> torch.Tensor:
+        """Return the vectors of ``positions`` (``(T,)`` or a slice) as ``(T, C)``."""
+        return self.embed.weight[positions]  # a slice is a view: nothing gathered
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -56,15 +56,15 @@ class SinusoidalPositionalEncoding(nn.Module):
     The table is a non-persistent buffer: it moves with the module across devices but is not
     saved in checkpoints, since it is a pure function of the shape.
 
-    Shapes: ``positions (T,) int64 -> (T, C)``.
+    Shapes: ``positions (T,) int64 (or a slice) -> (T, C)``.
     """
 
     def __init__(self, block_size: int, n_embd: int) -> None:
         super().__init__()
         self.register_buffer("table", sinusoidal_table(block_size, n_embd), persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        """Return the rows of the table at ``positions`` (``(T,)``) as ``(T, C)``."""
+    def forward(self, positions: torch.Tensor | slice) -> torch.Tensor:
+        """Return the rows of the table at ``positions`` (``(T,)`` or a slice) as ``(T, C)``."""
         return self.table[positions]
 
 
@@ -75,7 +75,8 @@ class RotaryEmbedding(nn.Module):
     ``(x[i], x[i + D/2])`` of a query or key at position ``p`` is rotated by angle
     ``p * freq[i]`` (the "rotate-half" layout used by GPT-NeoX and Llama).
 
-    Shapes: ``positions (T,) -> (cos, sin)``, each ``(T, D)``; see :func:`apply_rotary`.
+    Shapes: ``positions (T,) (or a slice) -> (cos, sin)``, each ``(T, D)``; see
+    :func:`apply_rotary`.
     """
 
     def __init__(self, block_size: int, head_size: int, base: float = 10000.0) -> None:
@@ -86,13 +87,16 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(cos, sin)`` tables for ``positions`` (``(T,)``), each ``(T, D)``."""
+    def forward(self, positions: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(cos, sin)`` tables for ``positions`` (``(T,)`` or a slice), each ``(T, D)``."""
         return self.cos[positions], self.sin[positions]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate queries or keys ``x`` ``(B, H, T, D)`` by the angles in ``cos``, ``sin`` ``(T, D)``.
+
+    Any ``x`` whose last dimension is ``D`` and that broadcasts against the tables works, e.g.
+    the ``(B, 2, H, D)`` queries and keys of one token together with ``(1, D)`` tables.
 
     ``x * cos + rotate_half(x) * sin`` with ``rotate_half([a, b]) = [-b, a]`` is the 2-D rotation
     of every ``(x[i], x[i + D/2])`` pair, written without complex numbers.

@@ -5,18 +5,17 @@ from __future__ import annotations
 from torch import nn
 
 
-def linear_kind(model: nn.Module) -> str:
-    """``int8``, ``nn.Linear``, or how many linear layers are ``DecodeLinear``."""
+def linear_kind(model: nn.Module, fast: bool = True) -> str:
+    """``int8``, ``nn.Linear``, or how many linear layers decode as ``DecodeLinear``."""
     from quillgpt.inference.quantized_linear import is_quantized_linear
-    from quillgpt.model.decode_layout import DecodeLinear
+    from quillgpt.model.decode_layout import decoding_layout
 
-    modules = list(model.modules())
-    if any(is_quantized_linear(m) for m in modules):
+    if any(is_quantized_linear(m) for m in model.modules()):
         return "int8"
-    fast = sum(isinstance(m, DecodeLinear) for m in modules)
-    if not fast:
-        return "nn.Linear"
-    return f"DecodeLinear ({fast} of {fast + sum(type(m) is nn.Linear for m in modules)})"
+    with decoding_layout(model, fast) as swapped:
+        if not swapped:
+            return "nn.Linear"
+        return f"DecodeLinear ({swapped} of {sum(type(m) is nn.Linear for m in model.modules())})"
 
 
 def parameter_bytes(model: nn.Module) -> int:

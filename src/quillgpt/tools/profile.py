@@ -35,6 +35,7 @@ from quillgpt.device import (
     reset_peak_memory,
     synchronize,
 )
+from quillgpt.model.decode_layout import decoding_layout
 from quillgpt.model.decoder import DecoderLM
 from quillgpt.tools.model_summary import linear_kind, parameter_bytes
 from quillgpt.tools.profile_operators import profiled_round
@@ -61,6 +62,7 @@ def profile_model(
     *,
     device: torch.device,
     inference_model: nn.Module | None = None,
+    fast: bool = True,
     batch_size: int = 4,
     seq_len: int | None = None,
     prompt_len: int = 64,
@@ -77,8 +79,10 @@ def profile_model(
         model: the model, on ``device``. Its weights are changed by the training step, so pass a
             copy you do not need.
         device: where it runs.
-        inference_model: run prefill and decode on this model instead (an int8 or
-            :func:`~quillgpt.model.decode_layout.prepare_for_decoding` copy, which cannot train).
+        inference_model: run prefill and decode on this model instead (an int8 copy).
+        fast: prefill and decode as ``generate`` does by default: large linear layers in the
+            :func:`~quillgpt.model.decode_layout.decoding_layout`, decode steps through
+            ``decode_step``; ``False`` runs the plain forward pass, as ``generate(fast=False)``.
         batch_size: sequences per phase.
         seq_len: training sequence length (default ``block_size``).
         prompt_len: prompt tokens encoded by the prefill.
@@ -128,14 +132,17 @@ def profile_model(
     def prefill() -> None:
         runner.eval()
         cache.reset()
-        with torch.inference_mode():
+        with torch.inference_mode(), decoding_layout(runner, fast):
             next_token[0] = runner.next_token_logits(prompt, cache).argmax(-1)
 
     def decode() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), decoding_layout(runner, fast):
             token = next_token[0]
             for _ in range(decode_tokens):
-                token = runner.next_token_logits(token[:, None], cache).argmax(-1)
+                if fast:
+                    token = runner.decode_step(token, cache).argmax(-1)
+                else:
+                    token = runner.next_token_logits(token[:, None], cache).argmax(-1)
 
     phases["prefill"] = prefill
     phases["decode"] = decode
@@ -180,7 +187,7 @@ def profile_model(
         "seq_len": seq_len if train else None,
         "prompt_len": prompt_len,
         "decode_tokens": decode_tokens,
-        "inference_layers": linear_kind(runner),
+        "inference_layers": linear_kind(runner, fast),
         "repeats": repeats,
     }
     return ProfileReport(setup, speed, memory, top_ops, trace)
