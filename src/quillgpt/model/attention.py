@@ -161,9 +161,11 @@ class MultiHeadSelfAttention(nn.Module):
         """:meth:`forward` for one new token per row, in eval mode: ``x (B, C) -> (B, C)``.
 
         The same function in about half the tensor operations: queries and keys are normalised
-        and rotated together, the one query needs no mask, and no dropout runs. Decoding calls
-        this once per layer per token, where the per-operation overhead is most of the time
-        (``benchmarks/bench_decode_step.py``). ``rotary`` tables are ``(1, D)``.
+        and rotated together, the one query needs no mask, no dropout runs, and attention is
+        PyTorch's fused kernel whatever ``config.attention`` says (faster than the written-out
+        products for a single query). Decoding calls this once per layer per token, where the
+        per-operation overhead is most of the time (``benchmarks/bench_decode_step.py``).
+        ``rotary`` tables are ``(1, D)``.
         """
         B, C = x.shape
         qkv = self.qkv(x).view(B, 3, self.n_head, self.head_size)
@@ -174,6 +176,5 @@ class MultiHeadSelfAttention(nn.Module):
             qk = apply_rotary(qk, *rotary)
         q, k = qk.unbind(1)
         keys, values = kv_cache.append_one(layer, k, v)  # (B, H, S, D), S = past + 1
-        scores = (q.unsqueeze(2) @ keys.transpose(2, 3)) * (1.0 / math.sqrt(self.head_size))
-        y = F.softmax(scores, dim=-1) @ values  # (B, H, 1, D)
+        y = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values)  # (B, H, 1, D)
         return self.proj(y.view(B, C))
