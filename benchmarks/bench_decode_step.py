@@ -8,18 +8,23 @@ weights), and with ``--shapes`` the 12 x 768 GPT-2 body. Three figures per shape
 * the microseconds of one decode step: ``decode_step`` under the decoding layout (what
   ``generate`` runs) against the plain ``next_token_logits`` of one token, alternating, at a
   cache holding 16 prompt tokens;
+* with ``--compile``, the same steps through ``torch.compile(model.decode_step)`` (inductor's C++
+  wrapper, the cache length dynamic, inductor's own choice of linear kernels), and the seconds
+  its first steps took to compile;
 * the microseconds of one ``F.linear`` of a single row by each matrix of the model, timed alone
   (in cache, so an upper bound on its speed inside a step), and the same through
   ``DecodeLinear`` (oneDNN).
 
-    python benchmarks/bench_decode_step.py [--shapes demo,12x768] [--tokens 51]
+    python benchmarks/bench_decode_step.py [--shapes demo,12x768] [--tokens 51] [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
+import torch._inductor.config
 import torch.nn.functional as F
 import torch.profiler
 
@@ -45,30 +50,42 @@ def aten_calls_per_token(model: DecoderLM, prompt: torch.Tensor, tokens: int, fa
     return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) / tokens
 
 
-def step_us(model: DecoderLM, prompt: torch.Tensor, steps: int, repeats: int) -> dict[str, float]:
-    """Microseconds of one decode step, fast (``decode_step``) against plain, alternating."""
-    caches = {name: model.new_kv_cache(1, prompt.shape[1] + steps) for name in ("fast", "plain")}
+def step_us(
+    model: DecoderLM, prompt: torch.Tensor, steps: int, repeats: int, compiled: bool
+) -> dict[str, float]:
+    """Microseconds of one decode step per contender, alternating; compile seconds if any."""
+    step_fns = {"fast": model.decode_step, "plain": None}
+    extra: dict[str, float] = {}
+    if compiled:
+        with torch._inductor.config.patch(cpp_wrapper=True):
+            step_fns["compiled"] = torch.compile(model.decode_step)
+            cache = model.new_kv_cache(1, prompt.shape[1] + 4)
+            start = time.perf_counter()
+            with torch.inference_mode():  # inductor picks its own kernels for the linear layers
+                model.next_token_logits(prompt, cache)
+                for _ in range(4):  # the first call compiles, the second marks the length dynamic
+                    step_fns["compiled"](prompt[:, -1], cache)
+            extra["compile_s"] = time.perf_counter() - start
+    caches = {name: model.new_kv_cache(1, prompt.shape[1] + steps) for name in step_fns}
     token = prompt[:, -1]
 
     def run(name: str) -> None:
-        cache = caches[name]
+        cache, step = caches[name], step_fns[name]
         cache.reset()
         with torch.inference_mode(), decoding_layout(model, name == "fast"):
-            model.next_token_logits(prompt, cache)  # the prefill, outside the steps' count
+            model.next_token_logits(prompt, cache)  # the prefill, subtracted below
             for _ in range(steps):
-                if name == "fast":
-                    model.decode_step(token, cache)
-                else:
+                if step is None:
                     model.next_token_logits(token[:, None], cache)
+                else:
+                    step(token, cache)
 
-    prefill = {"prefill": lambda: run_prefill(model, prompt)}
+    fns = {name: (lambda name=name: run(name)) for name in step_fns}
     times = time_alternating(
-        {"fast": lambda: run("fast"), "plain": lambda: run("plain"), **prefill},
-        warmup=2,
-        repeats=repeats,
+        {**fns, "prefill": lambda: run_prefill(model, prompt)}, warmup=2, repeats=repeats
     )
     base = median(times["prefill"])
-    return {name: (median(times[name]) - base) / steps * 1e6 for name in ("fast", "plain")}
+    return {name: (median(times[name]) - base) / steps * 1e6 for name in step_fns} | extra
 
 
 def run_prefill(model: DecoderLM, prompt: torch.Tensor) -> None:
@@ -103,13 +120,16 @@ def main() -> None:
     parser.add_argument("--shapes", default="demo", help=f"of {sorted(SHAPES)}")
     parser.add_argument("--tokens", type=int, default=51)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--compile", action="store_true", help="add a compiled decode_step")
     args = parser.parse_args()
     rows, matrices = [], {}
     for label in args.shapes.split(","):
         torch.manual_seed(0)
         model = DecoderLM(ModelConfig(**SHAPES[label])).eval()
         prompt = torch.arange(16)[None]
-        steps = step_us(model, prompt, args.tokens, args.repeats)
+        steps = step_us(model, prompt, args.tokens, args.repeats, args.compile)
+        compiled = {f"{k}_step_us" if k == "compiled" else k: v for k, v in steps.items()
+                    if k in ("compiled", "compile_s")}  # fmt: skip
         rows.append(
             {
                 "shape": label,
@@ -120,6 +140,7 @@ def main() -> None:
                 "decode_step_us": steps["fast"],
                 "plain_step_us": steps["plain"],
                 "speedup": steps["plain"] / steps["fast"],
+                **compiled,
             }
         )
         matrices[label] = matrix_rows(model)
