@@ -1,4 +1,4 @@
-"""Training on a busy machine: the adaptive thread count against fixed ones, quiet and loaded.
+"""Training (or decoding) on a busy machine: the adaptive thread count against fixed ones.
 
 Each contender is ``quill train`` on the demo preset (``configs/shakespeare-bpe-cpu.toml``) for
 ``--seconds`` of training, in its own process, once on a quiet machine and once with a CPU-bound
@@ -10,16 +10,20 @@ process (a Python busy loop per ``--busy`` core) running beside it from before t
 
 The figure of each run is its training tokens per second (tokens over training seconds, from
 ``metrics.jsonl``); with ``--repeats`` the contenders take turns and each row is the median.
+With ``--verb generate`` each run is instead ``quill generate`` of ``--tokens`` greedy tokens
+from a model of the same preset (trained for one step, once), and the figure is the tokens/s it
+reports.
 Printed beside: each row against the quiet run with one thread per core fixed, which is what
 issue 12's targets compare with (busy: at least 1/1.5 of it; quiet: the adaptive default within
 3% of it).
 
     python benchmarks/bench_threads.py [--seconds 60] [--busy 1] [--compile off] [--repeats 1]
                                        [--loads quiet busy] [--only adaptive fixed-2]
+                                       [--verb generate --tokens 500]
 
 Results go to ``benchmarks/results/threads.json`` (``threads_compiled.json`` with
-``--compile on``; ``threads_compiled_quiet.json`` with ``--loads quiet`` too) and a table on
-stdout.
+``--compile on``; ``threads_compiled_quiet.json`` with ``--loads quiet`` too;
+``threads_generate.json`` with ``--verb generate``) and a table on stdout.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +61,18 @@ def train(threads: int | None, budget: list[str], compile_mode: str, out: Path) 
     return {"tokens_per_s": last["tokens"] / last["elapsed"], "steps": last["step"]}
 
 
+def generate(threads: int | None, run_dir: Path, tokens: int) -> dict[str, float]:
+    """One ``quill generate`` of ``tokens`` greedy tokens; the tokens/s it reports."""
+    command = [
+        sys.executable, "-m", "quillgpt.cli", "generate", str(run_dir), "--prompt", "ROMEO:",
+        "--max-new-tokens", str(tokens), "--no-stop", "--temperature", "0",
+    ]  # fmt: skip
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    done = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
+    return {"tokens_per_s": float(re.search(r"([\d.]+) tokens/s", done.stderr).group(1))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="training seconds per run")
@@ -65,11 +82,16 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="contenders to run (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds over the contenders")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-threads")
+    parser.add_argument("--verb", default="train", choices=("train", "generate"))
+    parser.add_argument("--tokens", type=int, default=500, help="new tokens per generate run")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     contenders: dict[str, int | None] = {"adaptive": None}
     contenders |= {f"fixed-{n}": n for n in range(cores, 0, -1)}
     contenders = {k: v for k, v in contenders.items() if not args.only or k in args.only}
+    model = args.out / "generate-model"
+    if args.verb == "generate":  # a model to decode with: its weights do not matter here
+        train(None, ["--max_steps", "1"], "off", model)
     if args.compile == "on":  # fill the compile cache of each contender first (keyed by threads)
         for name, threads in contenders.items():
             train(threads, ["--max_steps", "10"], "on", args.out / f"warm-{name}")
@@ -83,7 +105,10 @@ def main() -> None:
             for _ in range(args.repeats):  # alternating: a, b, a, b spreads the machine's drift
                 for name, threads in contenders.items():
                     budget = ["--max_time", f"{args.seconds}s"]
-                    result = train(threads, budget, args.compile, args.out / f"{load}-{name}")
+                    if args.verb == "generate":
+                        result = generate(threads, model, args.tokens)
+                    else:
+                        result = train(threads, budget, args.compile, args.out / f"{load}-{name}")
                     runs.setdefault((load, name), []).append(result["tokens_per_s"])
         finally:
             for burner in burners:
@@ -97,12 +122,15 @@ def main() -> None:
     for row in rows:
         row["vs_quiet_all_cores"] = row["tokens_per_s"] / median(quiet) if quiet else None
     name = "threads" + ("_compiled" if args.compile == "on" else "")
+    name += "_generate" if args.verb == "generate" else ""
     name += "" if set(args.loads) == {"quiet", "busy"} else "_" + "_".join(args.loads)
     emit(
         name,
         rows,
         {
-            "seconds": args.seconds,
+            "verb": args.verb,
+            "seconds": args.seconds if args.verb == "train" else None,
+            "tokens": args.tokens if args.verb == "generate" else None,
             "busy_processes": args.busy,
             "compile": args.compile,
             "repeats": args.repeats,

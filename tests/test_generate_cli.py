@@ -157,3 +157,29 @@ def test_threads_option(run_dir, capsys, monkeypatch):
     assert code == 0 and calls == [1]
     code, _, err = generate(capsys, str(run_dir), "--prompt", "a", "--threads", "0")
     assert code == 2 and "--threads must be >= 1" in err
+
+
+def test_cpu_decoding_adapts_its_threads_without_changing_the_text(run_dir, capsys, monkeypatch):
+    from quillgpt.threads import AdaptiveThreads
+
+    steps, counts = [], []
+    step_done = AdaptiveThreads.step_done
+
+    def spy(self, seconds):
+        steps.append(seconds)
+        step_done(self, seconds)
+        counts.append(torch.get_num_threads())
+
+    monkeypatch.setattr(AdaptiveThreads, "step_done", spy)
+    args = [str(run_dir), "--prompt", "the", "--max-new-tokens", "12", "--no-stop"]
+    threads = torch.get_num_threads()
+    try:
+        adaptive = generate(capsys, *args, "--temperature", "0")[1]
+        assert len(steps) == 11 and all(s > 0 for s in steps)  # every decode step, no prefill
+        if threads > 1:
+            assert min(counts) < threads  # the first probe ran a step with fewer threads
+        steps.clear()
+        fixed = generate(capsys, *args, "--temperature", "0", "--threads", "1")[1]
+    finally:
+        torch.set_num_threads(threads)
+    assert fixed == adaptive

@@ -57,7 +57,8 @@ def test_int8_per_row_is_symmetric_and_accurate():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_quantized_model_is_close_smaller_and_generates(model, backend):
+def test_quantized_model_is_close_smaller_and_generates(model, backend, monkeypatch):
+    monkeypatch.setattr("quillgpt.model.decode_layout.MIN_BYTES", 0)  # converts what it may
     idx = torch.randint(0, 101, (2, 12))
     reference = model(idx)[0]
     fp32 = linear_weight_bytes(model)

@@ -91,20 +91,27 @@ def _check(args: argparse.Namespace) -> None:
         raise QuillError("--top-p must be in (0, 1]")
 
 
+def _notice(line: str) -> None:
+    """A line on stderr, where notices go."""
+    print(f"quill generate: {line}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the model, generate ``--num-samples`` continuations to stdout; return 0."""
     from quillgpt.inference.loading import encode_prompt, load_for_inference, stream_text
-    from quillgpt.threads import set_threads
+    from quillgpt.threads import set_threads, thread_policy
 
     set_threads(args.threads)
     _check(args)
     prompt = _read_prompt(args)
     loaded = load_for_inference(args.run_dir, device=args.device, quantize=args.quantize)
     for note in loaded.notes:
-        print(f"quill generate: {note}", file=sys.stderr)
+        _notice(note)
+    # without --threads, a CPU decode adapts its thread count to the load, as training does
+    threads = thread_policy(args.threads, loaded.device, log=_notice)
     ids, notice = encode_prompt(loaded, prompt)
     if notice:
-        print(f"quill generate: {notice}", file=sys.stderr)
+        _notice(notice)
     out = sys.stdout
     total_tokens, total_seconds = 0, 0.0
     for sample in range(args.num_samples):
@@ -112,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             out.write("\n" + "-" * 40 + "\n")
         out.write(prompt)
         out.flush()
-        start = time.perf_counter()
+        start = last = time.perf_counter()
         count = 0
         for piece, generated in stream_text(
             loaded,
@@ -124,7 +131,10 @@ def run(args: argparse.Namespace) -> int:
             seed=None if args.seed is None else args.seed + sample,
             stop_at_eot=not args.no_stop,
         ):
-            count = generated
+            now = time.perf_counter()
+            if generated > max(count, 1):  # a decode step (the first token's wait is the prefill)
+                threads.step_done(now - last)
+            last, count = now, generated
             if piece:
                 out.write(piece)
                 out.flush()

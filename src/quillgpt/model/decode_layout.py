@@ -51,34 +51,39 @@ for oneDNN against 7-17 us for ``F.linear`` on the 4 x 192 demo shape's block ma
 
 
 def _convertible(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """``(parent, name, layer)`` of every ``nn.Linear`` in ``model`` of at least ``MIN_BYTES``."""
+    """``(parent, name, layer)`` of every ``nn.Linear`` in ``model`` the kernel pays for.
+
+    That is a plain fp32 CPU weight (not a quantized tensor subclass, as torchao leaves inside
+    ``nn.Linear``) of at least :data:`MIN_BYTES`.
+    """
     return [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if type(child) is nn.Linear and child.weight.nbytes >= MIN_BYTES
-    ]
+        if type(child) is nn.Linear and _plain_cpu_fp32(child.weight)
+        and child.weight.nbytes >= MIN_BYTES
+    ]  # fmt: skip
+
+
+def _plain_cpu_fp32(weight: torch.Tensor) -> bool:
+    """A dense fp32 tensor on the CPU, of no subclass."""
+    dense = type(weight) in (torch.Tensor, nn.Parameter)
+    return dense and weight.device.type == "cpu" and weight.dtype == torch.float32
 
 
 def layout_pays(model: nn.Module) -> bool:
-    """Whether :func:`decoding_layout` would convert anything: fp32 on a CPU, with oneDNN, eval."""
-    weight = next((p for p in model.parameters() if p.dim() == 2), None)
-    return (
-        weight is not None
-        and weight.device.type == "cpu"
-        and weight.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and not model.training
-    )
+    """Whether :func:`decoding_layout` may convert: oneDNN is there and the model is in eval."""
+    return torch.backends.mkldnn.is_available() and not model.training
 
 
 @contextlib.contextmanager
 def decoding_layout(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     """Within the block, ``model``'s large ``nn.Linear`` layers compute as :class:`DecodeLinear`.
 
-    Only where it pays (:func:`layout_pays`): the wrappers carry no gradient path of their own
-    and oneDNN's kernel is a CPU one. On leaving the block, even by an exception or an abandoned
-    generator, the original layers are put back. Yields the number of layers swapped.
+    Only where it pays (:func:`layout_pays`, and per layer: fp32 weights on a CPU, large
+    enough): the wrappers are for inference and oneDNN's kernel is a CPU one. On leaving the
+    block, even by an exception or an abandoned generator, the original layers are put back.
+    Yields the number of layers swapped.
     """
     targets = _convertible(model) if enabled and layout_pays(model) else []
     for parent, name, child in targets:
