@@ -99,15 +99,14 @@ def _notice(line: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the model, generate ``--num-samples`` continuations to stdout; return 0."""
     from quillgpt.inference.loading import encode_prompt, load_for_inference, stream_text
-    from quillgpt.threads import set_threads, thread_policy
+    from quillgpt.threads import thread_policy
 
-    set_threads(args.threads)
     _check(args)
     prompt = _read_prompt(args)
     loaded = load_for_inference(args.run_dir, device=args.device, quantize=args.quantize)
     for note in loaded.notes:
         _notice(note)
-    # without --threads, a CPU decode adapts its thread count to the load, as training does
+    # --threads N fixes the count; without it a CPU decode adapts it to the load, as training does
     threads = thread_policy(args.threads, loaded.device, log=_notice)
     ids, notice = encode_prompt(loaded, prompt)
     if notice:
