@@ -61,6 +61,17 @@ def train(threads: int | None, budget: list[str], compile_mode: str, out: Path) 
     return {"tokens_per_s": last["tokens"] / last["elapsed"], "steps": last["step"]}
 
 
+def model_for_generate(out: Path) -> Path:
+    """A run directory of the preset, trained for one step: the weights do not matter here."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [
+        sys.executable, "-m", "quillgpt.cli", "train", "--config", str(CONFIG), "--max_steps", "1",
+        "--out_dir", str(out), "--compile", "off", "--num_samples", "0", "--progress", "false",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return out
+
+
 def generate(threads: int | None, run_dir: Path, tokens: int) -> dict[str, float]:
     """One ``quill generate`` of ``tokens`` greedy tokens; the tokens/s it reports."""
     command = [
@@ -89,9 +100,8 @@ def main() -> None:
     contenders: dict[str, int | None] = {"adaptive": None}
     contenders |= {f"fixed-{n}": n for n in range(cores, 0, -1)}
     contenders = {k: v for k, v in contenders.items() if not args.only or k in args.only}
-    model = args.out / "generate-model"
-    if args.verb == "generate":  # a model to decode with: its weights do not matter here
-        train(None, ["--max_steps", "1"], "off", model)
+    if args.verb == "generate":
+        model = model_for_generate(args.out / "generate-model")
     if args.compile == "on":  # fill the compile cache of each contender first (keyed by threads)
         for name, threads in contenders.items():
             train(threads, ["--max_steps", "10"], "on", args.out / f"warm-{name}")
