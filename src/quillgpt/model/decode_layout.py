@@ -4,7 +4,7 @@ Decoding one token multiplies a single activation row ``x (1, C)`` by every weig
 model, so each step reads all the weights once and does only two FLOPs per weight: its speed is
 set by how fast the weights stream from memory, not by arithmetic. PyTorch's ``nn.Linear`` hands
 that product to a BLAS ``gemv`` that runs on one core, however many threads PyTorch has, and
-reads the ``(N, C)`` weight at about half the memory bandwidth (``benchmarks/bench_decode.py``;
+reads the ``(N, C)`` weight at well under half the memory bandwidth (``benchmarks/bench_decode.py``;
 figures in ``docs/performance.md``). oneDNN, the CPU kernel library PyTorch ships with, has a
 linear kernel that splits the product over every thread and streams the same ``(N, C)`` weight
 in place, with no copy and no layout change.
@@ -46,8 +46,8 @@ class DecodeLinear(nn.Module):
 
 MIN_BYTES = 1 << 20
 """Smallest weight (bytes) worth the oneDNN kernel: below about the size of a core's L2 cache
-the matrix is read from cache and BLAS's lower per-call cost wins (measured: 17-24 us per call
-for oneDNN against 7-17 us for ``F.linear`` on the 4 x 192 demo shape's block matrices)."""
+the matrix is read from cache and BLAS's lower per-call cost wins (the demo shape's block
+matrices: ``benchmarks/bench_decode_step.py``, figures in docs/performance.md)."""
 
 
 def _convertible(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
