@@ -64,6 +64,38 @@ def test_another_corpus_is_tokenized_with_the_checkpoint_tokenizer(run, capsys, 
     assert code == 0 and record["data"] != str(data.directory) and record["bpb"] > 0
 
 
+def test_dataset_takes_the_corpus_options_of_prepare(run, capsys, tmp_path):
+    run_dir = run[0]
+    stories = tmp_path / "stories.jsonl"
+    lines = (line for doc in range(12) for line in write_corpus_docs(doc))
+    stories.write_text("".join(json.dumps({"story": text}) + "\n" for text in lines))
+    common = (
+        "--dataset",
+        str(stories),
+        "--text-column",
+        "story",
+        "--data-dir",
+        str(tmp_path / "d"),
+    )
+    code, tenth, _ = evaluate(capsys, str(run_dir), *common)
+    assert code == 0 and tenth["bpb"] > 0
+    code, fifth, _ = evaluate(capsys, str(run_dir), *common, "--val-fraction", "0.3")
+    assert code == 0 and fifth["targets"] > tenth["targets"]  # more documents held out
+    assert fifth["data"] != tenth["data"]  # another split is another prepared folder
+    # the folder quill prepare builds from the same options, with the checkpoint's tokenizer
+    tokenizer = str(run_dir / "tokenizer.json")
+    prepare = ["prepare", str(stories), "--text-column", "story", "--val-fraction", "0.3",
+               "--tokenizer", tokenizer, "--data-dir", str(tmp_path / "d")]  # fmt: skip
+    assert main(prepare) == 0
+    assert fifth["data"] in capsys.readouterr().out
+
+
+def write_corpus_docs(doc: int) -> list[str]:
+    """A few sentences of document ``doc``, different from the others."""
+    return [f"story {doc}: the cat {doc % 5} sat on mat {doc * 7 % 11} and slept {i} times."
+            for i in range(4)]  # fmt: skip
+
+
 def test_run_without_recorded_data_asks_for_dataset(run, capsys, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run[0], copy)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,9 @@ from quillgpt.config import ModelConfig
 from quillgpt.device import resolve_device
 from quillgpt.errors import CheckpointError, QuillError
 from quillgpt.model.decoder import DecoderLM
+
+if TYPE_CHECKING:
+    from quillgpt.data import CorpusSpec
 
 QUANTIZE_CHOICES = ("none", "int8")
 
@@ -268,12 +271,15 @@ def stream_text(
         yield text[len(emitted) :], len(generated)
 
 
-def open_eval_data(loaded: LoadedModel, dataset: str | None = None, data_dir: str | None = None):
+def open_eval_data(
+    loaded: LoadedModel, dataset: CorpusSpec | str | None = None, data_dir: str | None = None
+):
     """The prepared data to evaluate on, tokenized with the checkpoint's own tokenizer.
 
     Without ``dataset``: the prepared folder the model was trained on (``config.json`` records
-    it). With one (a corpus name or path, as for ``quill prepare``): that corpus, prepared with the
-    checkpoint's ``tokenizer.json`` (cached like any prepared data).
+    it). With one (a corpus name or path as for ``quill prepare``, or a
+    :class:`~quillgpt.data.CorpusSpec` with its text column, hub configuration and split): that
+    corpus, prepared with the checkpoint's ``tokenizer.json`` (cached like any prepared data).
 
     Raises:
         QuillError: if no dataset is given and the checkpoint does not record its training data,
