@@ -128,8 +128,11 @@ def main() -> None:
         model = DecoderLM(ModelConfig(**SHAPES[label])).eval()
         prompt = torch.arange(16)[None]
         steps = step_us(model, prompt, args.tokens, args.repeats, args.compile)
-        compiled = {f"{k}_step_us" if k == "compiled" else k: v for k, v in steps.items()
-                    if k in ("compiled", "compile_s")}  # fmt: skip
+        compiled = (
+            {"compiled_step_us": steps["compiled"], "compile_s": steps["compile_s"]}
+            if args.compile
+            else {}
+        )
         rows.append(
             {
                 "shape": label,

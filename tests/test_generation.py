@@ -124,3 +124,11 @@ def test_stream_yields_tokens_one_by_one(tiny_config):
     tokens = list(model.stream(idx, max_new_tokens=5))
     assert len(tokens) == 5 and all(t.shape == (1,) for t in tokens)
     assert torch.equal(torch.stack(tokens, 1), model.generate(idx, 5)[:, 3:])
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_no_new_tokens_returns_the_prompt(tiny_config, count):
+    model = DecoderLM(tiny_config).eval()
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 5))
+    assert torch.equal(model.generate(idx, count), idx)
+    assert list(model.stream(idx, max_new_tokens=count)) == []

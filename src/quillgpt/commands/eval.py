@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
         )
     corpus = None  # the training data, as recorded
     if args.dataset is not None:  # checked with the same rules as quill prepare's options
-        corpus = load_dataclass(DataOptions, {}, text={"data": args.dataset, **given})
-        corpus = corpus.corpus_spec()
+        options = load_dataclass(DataOptions, {}, text={"data": args.dataset, **given})
+        corpus = options.corpus_spec()
     loaded = load_for_inference(args.run_dir, device=args.device, quantize=args.quantize)
     for note in loaded.notes:
         print(f"quill eval: {note}", file=sys.stderr)

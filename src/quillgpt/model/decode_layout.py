@@ -71,21 +71,16 @@ def _plain_cpu_fp32(weight: torch.Tensor) -> bool:
     return dense and weight.device.type == "cpu" and weight.dtype == torch.float32
 
 
-def layout_pays(model: nn.Module) -> bool:
-    """Whether :func:`decoding_layout` may convert: oneDNN is there and the model is in eval."""
-    return torch.backends.mkldnn.is_available() and not model.training
-
-
 @contextlib.contextmanager
 def decoding_layout(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     """Within the block, ``model``'s large ``nn.Linear`` layers compute as :class:`DecodeLinear`.
 
-    Only where it pays (:func:`layout_pays`, and per layer: fp32 weights on a CPU, large
-    enough): the wrappers are for inference and oneDNN's kernel is a CPU one. On leaving the
-    block, even by an exception or an abandoned generator, the original layers are put back.
-    Yields the number of layers swapped.
+    Only where it pays: with oneDNN, in eval mode (the wrappers are for inference), and per
+    layer for fp32 CPU weights large enough. On leaving the block, even by an exception or an
+    abandoned generator, the original layers are put back. Yields the number of layers swapped.
     """
-    targets = _convertible(model) if enabled and layout_pays(model) else []
+    pays = enabled and torch.backends.mkldnn.is_available() and not model.training
+    targets = _convertible(model) if pays else []
     for parent, name, child in targets:
         setattr(parent, name, DecodeLinear(child))
     try:

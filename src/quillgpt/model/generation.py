@@ -107,9 +107,9 @@ def generate_stream(
 
     See :meth:`quillgpt.DecoderLM.generate` for the arguments. The model is put in eval mode for
     the duration and restored afterwards. With ``fast``, a CPU fp32 model's large linear layers
-    compute in the matrix-vector layout of :func:`~quillgpt.model.decode_layout.decoding_layout`
-    for the duration, and each decode step runs the model's one-token ``decode_step`` (the same
-    function in fewer operations); ``fast=False`` is the plain forward pass at every step.
+    run oneDNN's kernel for the duration (:func:`~quillgpt.model.decode_layout.decoding_layout`),
+    and each decode step runs the model's one-token ``decode_step`` (the same function in fewer
+    operations); ``fast=False`` is the plain forward pass at every step.
 
     With the cache, each step costs one token's worth of compute while the sequence fits the
     window. Once it would overflow, absolute position embeddings of the kept tokens change, so
@@ -135,10 +135,11 @@ def generate_stream(
     try:
         with torch.inference_mode(), layout:
             batch, length = idx.shape[0], min(idx.shape[1], block_size)
+            capacity = length + max(max_new_tokens, 0)  # a negative count generates nothing
             # every token so far, written in place: the context is a view, never a cat
-            sequence = idx.new_empty(batch, length + max_new_tokens)
+            sequence = idx.new_empty(batch, capacity)
             sequence[:, :length] = idx[:, -length:]
-            cache = model.new_kv_cache(batch, length + max_new_tokens) if use_cache else None
+            cache = model.new_kv_cache(batch, capacity) if use_cache else None
             finished = torch.zeros(batch, dtype=torch.bool, device=idx.device)
             logits = model.next_token_logits(sequence[:, :length], cache)
             for step in range(max_new_tokens):
@@ -151,15 +152,15 @@ def generate_stream(
                     return  # the last token needs no logits after it
                 sequence[:, length] = token
                 length += 1
-                context = sequence[:, max(0, length - block_size) : length]
-                if cache is None:
-                    logits = model.next_token_logits(context)
-                elif cache.length < cache.max_len and fast:
-                    logits = model.decode_step(token, cache)
-                elif cache.length < cache.max_len:
-                    logits = model.next_token_logits(token[:, None], cache)
-                else:  # the window is full: start the cache again from the last block_size
+                if cache is not None and cache.length < cache.max_len:  # one more position fits
+                    if fast:
+                        logits = model.decode_step(token, cache)
+                    else:
+                        logits = model.next_token_logits(token[:, None], cache)
+                    continue
+                if cache is not None:  # the window is full: start again from the last block_size
                     cache.reset()
-                    logits = model.next_token_logits(context, cache)
+                context = sequence[:, max(0, length - block_size) : length]
+                logits = model.next_token_logits(context, cache)
     finally:
         model.train(was_training)
