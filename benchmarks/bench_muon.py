@@ -9,7 +9,9 @@ BPE ids, tied head), with random gradients. Contenders, timed alternately after 
 - ``muon_only_bf16`` / ``muon_only_fp32``: the Muon half alone;
 - ``torch_muon``: ``torch.optim.Muon`` over the same matrices (bf16, fused q/k/v: the reference
   the trainer's Muon subclasses);
-- ``adamw_fused``: the trainer's ``optimizer="adamw"`` step over every parameter.
+- ``adamw_fused``: the trainer's ``optimizer="adamw"`` step over every parameter;
+- ``muon_fp32_written_out``: ``muon_fp32`` with the feed-forward matrices' iteration written out
+  instead of in its Gram form (``muon._gram_form``), as fp32 computed it before session 9.
 
 This is the measurement behind ``newton_schulz_dtype``: bf16 where the CPU computes it natively
 (``cpu_supports_bf16``), fp32 elsewhere.
@@ -27,6 +29,7 @@ import torch
 
 from quillgpt import DecoderLM, ModelConfig
 from quillgpt.device import cpu_supports_bf16
+from quillgpt.training import muon as muon_module
 from quillgpt.training.config import TrainConfig
 from quillgpt.training.optim import build_optimizer, muon_param_groups
 
@@ -46,6 +49,31 @@ def cpu_model() -> str:
     return ", ".join(f"{k} {v}" for k, v in fields.items())
 
 
+def written_out(
+    x: torch.Tensor, coefficients: tuple[float, float, float], steps: int
+) -> torch.Tensor:
+    """The iteration as ``orthogonalize`` writes it, in place of ``_gram_form``."""
+    a, b, c = coefficients
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x
+
+
+def without_gram_form(step: Callable[[], object]) -> Callable[[], object]:
+    """``step`` with ``muon._gram_form`` swapped for :func:`written_out` while it runs."""
+
+    def run() -> object:
+        gram_form = muon_module._gram_form
+        muon_module._gram_form = written_out
+        try:
+            return step()
+        finally:
+            muon_module._gram_form = gram_form
+
+    return run
+
+
 def steps(model: DecoderLM) -> dict[str, Callable[[], object]]:
     """The contenders: one ``step`` each, over ``model``'s parameters and gradients."""
     muon = {}
@@ -58,7 +86,14 @@ def steps(model: DecoderLM) -> dict[str, Callable[[], object]]:
     matrices = [p for group in muon_param_groups(model) for p in group["params"]]
     torch_muon = torch.optim.Muon(matrices, lr=0.02, weight_decay=0.1)
     adamw = build_optimizer(model, TrainConfig(optimizer="adamw", optimizer_impl="fused"))
-    return {**muon, "torch_muon": torch_muon.step, "adamw_fused": adamw.step}
+    written = build_optimizer(model, TrainConfig(optimizer="muon"))
+    written.muon.dtype = torch.float32  # type: ignore[union-attr]
+    return {
+        **muon,
+        "muon_fp32_written_out": without_gram_form(written.step),
+        "torch_muon": torch_muon.step,
+        "adamw_fused": adamw.step,
+    }
 
 
 def main() -> None:
@@ -77,6 +112,7 @@ def main() -> None:
     ]
     extra = {
         "muon_fp32_over_bf16": median(times["muon_fp32"]) / median(times["muon_bf16"]),
+        "gram_form_speedup": median(times["muon_fp32_written_out"]) / median(times["muon_fp32"]),
         "repeats": args.repeats,
         "shape": DEMO,
         "parameters": model.num_parameters(),

@@ -30,6 +30,7 @@ import torch
 
 from quillgpt import DecoderLM, ModelConfig
 from quillgpt.training.config import TrainConfig, build_configs, load_config_file
+from quillgpt.training.loop import loss_of
 from quillgpt.training.optim import build_optimizer
 
 from common import emit, median, time_alternating
@@ -119,13 +120,13 @@ def training_step(
     optimizer = build_optimizer(model, train_cfg)
     if hasattr(optimizer, "muon"):  # the dtype the trainer picks: bf16 only where native
         optimizer.muon.dtype = dtype  # type: ignore[union-attr]
-    forward = torch.compile(model)
+    loss_fn = torch.compile(loss_of(model))
     x = torch.randint(0, cfg.vocab_size, (train_cfg.batch_size, cfg.block_size))
     y = torch.randint(0, cfg.vocab_size, (train_cfg.batch_size, cfg.block_size))
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            _, loss = forward(x, y)
+            loss = loss_fn(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()

@@ -18,7 +18,7 @@ from quillgpt import DecoderLM, load_checkpoint
 from quillgpt.device import cpu_supports_bf16
 from quillgpt.errors import CheckpointError, QuillError
 from quillgpt.training import NonFiniteError, TrainConfig, train
-from quillgpt.training.loop import train_step
+from quillgpt.training.loop import loss_of, train_step
 from quillgpt.training.metrics import read_metrics
 from quillgpt.training.optim import build_optimizer, param_groups
 from quillgpt.training.parallel import Parallel
@@ -231,7 +231,9 @@ def test_the_grad_scaler_path_skips_an_overflowing_step(data):
     par = Parallel(torch.device("cpu"))
     batches = iter(make_train_loader(data, 16, 4, seed=0))
     norms = [
-        train_step(model, model, optimizer, [next(batches)], precision, par, grad_clip=1.0)[1]
+        train_step(
+            loss_of(model), model, optimizer, [next(batches)], precision, par, grad_clip=1.0
+        )[1]
         for _ in range(3)
     ]
     assert math.isfinite(norms[0]) and not math.isfinite(norms[1]) and math.isfinite(norms[2])

@@ -128,6 +128,27 @@ def test_fp32_newton_schulz_is_the_iteration_computed_directly():
         assert values.min() > 0.6 and values.max() < 1.25  # near-orthogonal: every direction ~1
 
 
+def test_fp32_gram_form_of_a_wide_matrix_is_the_written_out_iteration():
+    # Twice as wide as tall and more, fp32 iterates on the Gram matrix (fewer products); its
+    # rounding differs, most along small singular values: spread them over three decades.
+    torch.manual_seed(0)
+    a, b, c = COEFFICIENTS
+    spread = torch.logspace(-3, 0, 96)
+    for shape in ((2, 32, 96), (2, 96, 32)):
+        matrix = torch.randn(shape)
+        matrix = matrix * (spread if shape[-1] == 96 else spread[:, None])
+        x = matrix.double().mT if shape[1] > shape[2] else matrix.double()
+        x = x / x.norm(dim=(-2, -1), keepdim=True)
+        for _ in range(5):
+            gram = x @ x.mT
+            x = a * x + (b * gram + c * gram @ gram) @ x
+        expected = x.mT if shape[1] > shape[2] else x
+        got = orthogonalize(matrix, COEFFICIENTS, 5, 1e-7, torch.float32).double()
+        assert ((got - expected).norm() / expected.norm()) < 1e-3
+        written_out = orthogonalize(matrix, COEFFICIENTS, 5, 1e-7, torch.bfloat16).double()
+        assert ((written_out - expected).norm() / expected.norm()) < 0.05  # bf16: as written
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_batch_is_orthogonalised_matrix_by_matrix(dtype):
     torch.manual_seed(0)

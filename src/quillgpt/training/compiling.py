@@ -2,7 +2,8 @@
 
 Compiling fuses the model's small operations into fewer kernels (docs/performance.md). What
 ``compile = on`` (or ``auto``, where a compiler pays off) compiles is the whole model's training
-forward, and with it the backward pass; the optimiser (one fused AdamW kernel) is not compiled.
+loss (``loop.loss_of``: the forward pass to the loss, without the logits as an output), and with
+it the backward pass; the optimiser (one fused AdamW kernel) is not compiled.
 
 **Why the whole model.** Two ways of compiling less were measured
 (``benchmarks/bench_compile.py``; the figures are in docs/performance.md, "Compile time") and
@@ -34,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from quillgpt.data.token_windows import Batch
 from quillgpt.device import compiler_pays_off
@@ -44,13 +44,13 @@ _CHOSEN_BEFORE_IMPORT = CACHE_ENV in os.environ
 
 
 def compiled(
-    module: nn.Module,
+    fn: Callable[..., Any],
     mode: str,
     device: torch.device,
     backend: str | Callable[..., Any],
     dynamic_threads: bool = False,
 ) -> Callable[..., Any]:
-    """Return ``torch.compile(module)``, or ``module`` itself with compilation off.
+    """Return ``torch.compile(fn)``, or ``fn`` itself with compilation off.
 
     ``mode`` is ``on``, ``off``, or ``auto``: on where it pays off on ``device``. Compiling
     also points inductor's cache at :func:`inductor_cache_dir` (:func:`keep_compiled_code`).
@@ -62,8 +62,8 @@ def compiled(
         keep_compiled_code()
         adapting = dynamic_threads and backend == "inductor"
         options = {"cpp.dynamic_threads": True} if adapting else None
-        return torch.compile(module, backend=backend, options=options)
-    return module
+        return torch.compile(fn, backend=backend, options=options)
+    return fn
 
 
 def inductor_cache_dir() -> Path:
@@ -97,7 +97,7 @@ def keep_compiled_code() -> None:
 def first_compiled_step(
     step: Callable[..., tuple[float, float]],
     compiled: Callable[..., Any],
-    eager: nn.Module,
+    eager: Callable[..., Any],
     micro: list[Batch],
     optimizer: torch.optim.Optimizer,
 ) -> tuple[Callable[..., Any], tuple[float, float]]:
@@ -105,7 +105,7 @@ def first_compiled_step(
 
     Only the compiler's own failures (``torch._dynamo`` wraps them all: a missing C++ toolchain,
     an unsupported operation) fall back. Anything else, an out-of-memory error included, is
-    raised as it is. Returns the forward to use from now on and the step's (loss, norm).
+    raised as it is. Returns the loss function to use from now on and the step's (loss, norm).
     """
     try:
         return compiled, step(compiled, micro_batches=micro)

@@ -108,8 +108,22 @@ class NonFiniteError(QuillError):
     """Too many optimiser steps in a row had a non-finite loss or gradient."""
 
 
+def loss_of(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``model(x, y)``'s loss alone: what a training step computes and differentiates.
+
+    Compiled, the logits are then not an output of the graph, so the step neither writes the
+    ``(B, T, V)`` logits out nor gets a zero gradient for them back from autograd (a tenth of
+    the demo's non-matmul time: docs/performance.md, "Step throughput against the matmul peak").
+    """
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return model(x, y)[1]
+
+    return loss
+
+
 def train_step(
-    forward: Callable[..., Any],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     micro_batches: list[Batch],
@@ -126,7 +140,7 @@ def train_step(
     for i, (x, y) in enumerate(micro_batches):
         x, y = x.to(par.device, non_blocking=True), y.to(par.device, non_blocking=True)
         with par.grad_sync(model, last=i == accum - 1), precision.autocast():
-            _, loss = forward(x, y)
+            loss = loss_fn(x, y)
         total += loss.detach().float()
         scaler.scale(loss / accum).backward()  # the mean over micro-batches: one big batch
     scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
@@ -196,8 +210,9 @@ def train(
     state = LoopState() if saved is None else LoopState(**run.restore(saved, model, optimizer))
     report = Reporter(run.path, cfg, active=par.is_main, log=log)
     threads = thread_policy(cfg.threads, par.device, par.world_size, log=report.log)
-    forward = compiled(wrapped, cfg.compile, par.device, compile_backend, threads.adapt)
-    compiling = forward is not wrapped
+    eager_loss = loss_of(wrapped)  # through DDP's wrapper, which syncs the gradients
+    loss_fn = compiled(eager_loss, cfg.compile, par.device, compile_backend, threads.adapt)
+    compiling = loss_fn is not eager_loss
     run.write_config(state)
     report.drop_after(state.step if saved is not None else -1)
     if saved is not None:
@@ -237,13 +252,13 @@ def train(
             lr = cfg.lr * factor  # AdamW's rate (lr_at), the one logged
             micro = [next(batches) for _ in range(cfg.grad_accum)]
             if compiling:  # the first step compiles; only a compiler failure falls back
-                forward, (loss, norm) = first_compiled_step(
-                    step, forward, wrapped, micro, optimizer
+                loss_fn, (loss, norm) = first_compiled_step(
+                    step, loss_fn, eager_loss, micro, optimizer
                 )
                 compiling = False
             else:
                 began = time.perf_counter()
-                loss, norm = step(forward, micro_batches=micro)
+                loss, norm = step(loss_fn, micro_batches=micro)
                 threads.step_done(time.perf_counter() - began)  # fewer threads if cores are busy
             state.step += 1
             state.micro_step += cfg.grad_accum

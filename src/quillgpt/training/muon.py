@@ -80,10 +80,13 @@ def orthogonalize(
 ) -> torch.Tensor:
     """The Newton-Schulz approximation of ``U V^T`` for ``matrix = U S V^T``, computed in ``dtype``.
 
-    The same operations, in the same order, as torch's ``_zeropower_via_newtonschulz``, whose
-    only difference is its fixed bf16. The quintic iteration pushes every singular value towards
-    1, to roughly ``[0.7, 1.2]`` in five steps with torch's coefficients (not exactly 1, which
-    trains as well: see Keller Jordan's post).
+    The iteration of torch's ``_zeropower_via_newtonschulz``, whose only difference is its fixed
+    bf16: ``X <- a X + (b A + c A^2) X`` with ``A = X X^T``, on the wide orientation (``m <= n``).
+    The quintic pushes every singular value towards 1, to roughly ``[0.7, 1.2]`` in five steps
+    with torch's coefficients (not exactly 1, which trains as well: see Keller Jordan's post).
+    In bf16, and for matrices less than twice as wide as tall, it runs as written, the same
+    operations in the same order as torch's. In fp32 a wider matrix takes :func:`_gram_form`:
+    the same polynomial, computed with ``m x m`` products only.
 
     A batch of matrices is orthogonalised at once, each on its own: one batched product per
     operation instead of one per matrix. On a small model the matrices are small enough that
@@ -91,7 +94,7 @@ def orthogonalize(
 
     Args:
         matrix: ``(m, n)`` or a batch ``(b, m, n)``, any float dtype.
-        coefficients: ``(a, b, c)`` of ``X <- a X + (b A + c A^2) X`` with ``A = X X^T``.
+        coefficients: ``(a, b, c)`` of the iteration.
         steps: iterations.
         eps: floor of the norm each matrix is first divided by (a zero matrix stays zero).
         dtype: the dtype of the computation and of the result.
@@ -107,12 +110,42 @@ def orthogonalize(
     batch = x.unsqueeze(0) if x.dim() == 2 else x
     # Frobenius norm >= spectral norm: singular values <= 1.
     batch = batch.div(batch.norm(dim=(-2, -1), keepdim=True).clamp(min=eps))
-    for _ in range(steps):
-        gram = batch @ batch.mT
-        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
-        batch = torch.baddbmm(batch, poly, batch, beta=a)  # a X + (b A + c A^2) X
+    if dtype == torch.float32 and batch.size(-1) >= 2 * batch.size(-2):
+        batch = _gram_form(batch, coefficients, steps)
+    else:
+        for _ in range(steps):
+            gram = batch @ batch.mT
+            poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
+            batch = torch.baddbmm(batch, poly, batch, beta=a)  # a X + (b A + c A^2) X
     x = batch.squeeze(0) if x.dim() == 2 else batch
     return x.mT if tall else x
+
+
+def _gram_form(
+    x: torch.Tensor, coefficients: tuple[float, float, float], steps: int
+) -> torch.Tensor:
+    """The Newton-Schulz iteration of ``x`` ``(b, m, n)``, ``n >= 2m``, through its Gram matrix.
+
+    Each step multiplies ``X`` on the left by ``P = a I + b A + c A^2``, a polynomial in
+    ``A = X X^T``, so after ``k`` steps ``X_k = Q_k X_0`` where ``Q_k = P_k ... P_1`` is a
+    polynomial in ``A_0``: all of them commute, and ``A_{k+1} = P_k A_k P_k``. Iterating on the
+    ``m x m`` matrices ``Q`` and ``A`` and applying ``Q`` once at the end costs
+    ``2 m^2 n + 17 m^3`` multiply-adds per matrix over five steps, against ``10 m^2 n + 5 m^3``
+    written out: 0.56x for the ``C x 4C`` feed-forward matrices. The rounding differs: ``Q``
+    grows up to ``a ** steps`` along small singular values, so in bf16 its 8 bits ruin the
+    result (errors of order 1, measured); in fp32 it stays within ~2e-4 (relative) of the
+    written-out iteration on matrices whose singular values spread over three decades (tested).
+    """
+    a, b, c = coefficients
+    gram = x @ x.mT
+    a_eye = a * torch.eye(gram.size(-1), dtype=gram.dtype, device=gram.device)
+    q = None
+    for step in range(steps):
+        p = a_eye + torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # a I + b A + c A^2
+        q = p if q is None else p @ q
+        if step < steps - 1:  # the last step's A is not needed
+            gram = p @ gram @ p
+    return q @ x  # type: ignore[operator]
 
 
 class Muon(torch.optim.Muon):
