@@ -9,11 +9,13 @@ time is the peak that these sizes reach on this CPU with PyTorch's kernels.
 
 **The step.** The model's FLOPs per token (``6 N + 12 L T C``: the matmuls of every parameter,
 forward and backward, and attention's; the estimate of the PaLM and nanoGPT papers) times the
-tokens per second of a real step (the presets' optimiser, compiled as the demo runs it, bf16
-autocast or fp32, medians of alternated timings) over the peak is the fraction reached. Muon's
-Newton-Schulz products are not model FLOPs: its time counts against the fraction.
+tokens per second of a real step (the presets' optimiser, compiled as the trainer compiles it:
+``loss_of(model)``, the loss alone; bf16 autocast or fp32; medians of alternated timings) over
+the peak is the fraction reached. Muon's Newton-Schulz products are not model FLOPs: its time
+counts against the fraction.
 
-``--profile`` adds the top operators of one compiled step (``torch.profiler``, self CPU time).
+``--profile`` adds the top operators of five compiled steps (``torch.profiler``, self CPU time,
+grouped by input shapes), with each of inductor's generated kernels named on its own row.
 
     python benchmarks/bench_step_peak.py [--repeats 20] [--profile]
 """
@@ -44,9 +46,13 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "v1": ("v1", {}),
     "v1 + written-out attention": ("v1", {"attention": "reference"}),
     "demo, sdpa attention": ("demo", {"attention": "sdpa"}),
+    "demo, logits a graph output": ("demo", {}),
     "demo": ("demo", {}),
 }
 """Contenders: a preset and changes to its model config."""
+LOGITS_OUT = {"demo, logits a graph output"}
+"""Contenders compiled as ``torch.compile(model)``, returning the logits with the loss (what
+training compiled before session 9), instead of the trainer's ``loss_of(model)``."""
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -112,21 +118,25 @@ def model_flops_per_token(cfg: ModelConfig) -> float:
 
 
 def training_step(
-    cfg: ModelConfig, train_cfg: TrainConfig, dtype: torch.dtype
+    cfg: ModelConfig, train_cfg: TrainConfig, dtype: torch.dtype, logits_out: bool = False
 ) -> Callable[[], None]:
-    """One compiled optimiser step of the recipe of ``train_cfg`` on random tokens, as trained."""
+    """One compiled optimiser step of the recipe of ``train_cfg`` on random tokens, as trained.
+
+    ``logits_out``: compile the model itself, whose graph then outputs the logits too.
+    """
     torch.manual_seed(0)
     model = DecoderLM(cfg).train()
     optimizer = build_optimizer(model, train_cfg)
     if hasattr(optimizer, "muon"):  # the dtype the trainer picks: bf16 only where native
         optimizer.muon.dtype = dtype  # type: ignore[union-attr]
-    loss_fn = torch.compile(loss_of(model))
+    compiled = torch.compile(model if logits_out else loss_of(model))
     x = torch.randint(0, cfg.vocab_size, (train_cfg.batch_size, cfg.block_size))
     y = torch.randint(0, cfg.vocab_size, (train_cfg.batch_size, cfg.block_size))
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            loss = loss_fn(x, y)
+            out = compiled(x, y)
+        loss = out[1] if logits_out else out
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
@@ -141,10 +151,12 @@ def profile_table(step: Callable[[], None], top: int) -> str:
 
     for _ in range(3):
         step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(5):
             step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    return prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=70
+    )
 
 
 def main() -> None:
@@ -154,6 +166,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="top operators of each step")
     args = parser.parse_args()
     torch._dynamo.config.recompile_limit = 64  # a compiled model per contender and dtype
+    if args.profile:  # inductor's kernels as rows of their own (the compile must know)
+        torch._inductor.config.cpp.enable_kernel_profile = True
     cfg, train_cfg = variant("demo")
     batch = train_cfg.batch_size
     per_token = model_flops_per_token(cfg)
@@ -161,7 +175,10 @@ def main() -> None:
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         floor = peak(cfg, batch, dtype, args.repeats)
-        steps = {name: training_step(*variant(name), dtype) for name in VARIANTS}
+        steps = {
+            name: training_step(*variant(name), dtype, logits_out=name in LOGITS_OUT)
+            for name in VARIANTS
+        }
         times = time_alternating(steps, warmup=3, repeats=args.repeats)
         for name, step_times in times.items():
             seconds = median(step_times)
@@ -179,7 +196,7 @@ def main() -> None:
                 }
             )
             if args.profile:
-                profiles[f"{name}, {dtype_name}"] = profile_table(steps[name], top=15)
+                profiles[f"{name}, {dtype_name}"] = profile_table(steps[name], top=40)
     for name, table in profiles.items():
         print(f"\n## {name}\n{table}")
     emit(
