@@ -147,6 +147,13 @@ def test_fp32_gram_form_of_a_wide_matrix_is_the_written_out_iteration():
         assert ((got - expected).norm() / expected.norm()) < 1e-3
         written_out = orthogonalize(matrix, COEFFICIENTS, 5, 1e-7, torch.bfloat16).double()
         assert ((written_out - expected).norm() / expected.norm()) < 0.05  # bf16: as written
+    # Why bf16 keeps the written-out form: with a few dominant directions, as gradients have,
+    # the Gram form's 8-bit A and Q lose the small ones entirely.
+    x = (torch.randn(2, 32, 96) + 3 * torch.randn(2, 32, 2) @ torch.randn(2, 2, 96)) * spread
+    x = (x / x.norm(dim=(-2, -1), keepdim=True)).bfloat16()
+    gram_bf16 = muon_module._gram_form(x, COEFFICIENTS, 5).double()
+    reference = muon_module._gram_form(x.double(), COEFFICIENTS, 5)
+    assert ((gram_bf16 - reference).norm() / reference.norm()) > 0.5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

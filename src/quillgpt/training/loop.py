@@ -112,8 +112,8 @@ def loss_of(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Te
     """``model(x, y)``'s loss alone: what a training step computes and differentiates.
 
     Compiled, the logits are then not an output of the graph, so the step neither writes the
-    ``(B, T, V)`` logits out nor gets a zero gradient for them back from autograd (a tenth of
-    the demo's non-matmul time: docs/performance.md, "Step throughput against the matmul peak").
+    ``(B, T, V)`` logits out nor gets a zero gradient for them back from autograd
+    (docs/performance.md, "Step throughput against the matmul peak", measures the difference).
     """
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
