@@ -49,23 +49,12 @@ def cpu_model() -> str:
     return ", ".join(f"{k} {v}" for k, v in fields.items())
 
 
-def written_out(
-    x: torch.Tensor, coefficients: tuple[float, float, float], steps: int
-) -> torch.Tensor:
-    """The iteration as ``orthogonalize`` writes it, in place of ``_gram_form``."""
-    a, b, c = coefficients
-    for _ in range(steps):
-        gram = x @ x.mT
-        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x
-
-
 def without_gram_form(step: Callable[[], object]) -> Callable[[], object]:
-    """``step`` with ``muon._gram_form`` swapped for :func:`written_out` while it runs."""
+    """``step`` with ``muon._gram_form`` swapped for ``muon._written_out`` while it runs."""
 
     def run() -> object:
         gram_form = muon_module._gram_form
-        muon_module._gram_form = written_out
+        muon_module._gram_form = muon_module._written_out
         try:
             return step()
         finally:

@@ -77,7 +77,7 @@ def test_inductor_gives_the_eager_loss_and_gradients():
     loss_fn = compiled(loss_of(model), "on", CPU, "inductor")
     for seed in (0, 1):  # the second step runs the compiled code without compiling again
         x, y = batch(model, seed=seed)
-        want_loss, want_grads = loss_and_grads(lambda x, y: model(x, y)[1], model, x, y)
+        want_loss, want_grads = loss_and_grads(loss_of(model), model, x, y)
         loss, grads = loss_and_grads(loss_fn, model, x, y)
         torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-5)
         for name, grad in grads.items():
@@ -104,7 +104,7 @@ def test_a_compiler_failure_falls_back_to_the_eager_model():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     forward = compiled(model, "on", CPU, broken_backend)
     x, y = batch(model)
-    want_loss, want_grads = loss_and_grads(lambda x, y: model(x, y)[1], model, x, y)
+    want_loss, want_grads = loss_and_grads(loss_of(model), model, x, y)
     model.zero_grad(set_to_none=True)
     used = []
 

@@ -102,7 +102,6 @@ def orthogonalize(
     Returns:
         The shape of ``matrix``, in ``dtype``.
     """
-    a, b, c = coefficients
     x = matrix.to(dtype)
     tall = matrix.size(-2) > matrix.size(-1)
     if tall:  # iterate on the wide orientation: the Gram matrix X X^T is then the smaller one
@@ -110,15 +109,22 @@ def orthogonalize(
     batch = x.unsqueeze(0) if x.dim() == 2 else x
     # Frobenius norm >= spectral norm: singular values <= 1.
     batch = batch.div(batch.norm(dim=(-2, -1), keepdim=True).clamp(min=eps))
-    if dtype == torch.float32 and batch.size(-1) >= 2 * batch.size(-2):
-        batch = _gram_form(batch, coefficients, steps)
-    else:
-        for _ in range(steps):
-            gram = batch @ batch.mT
-            poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
-            batch = torch.baddbmm(batch, poly, batch, beta=a)  # a X + (b A + c A^2) X
+    gram_pays = dtype == torch.float32 and batch.size(-1) >= 2 * batch.size(-2)
+    batch = (_gram_form if gram_pays else _written_out)(batch, coefficients, steps)
     x = batch.squeeze(0) if x.dim() == 2 else batch
     return x.mT if tall else x
+
+
+def _written_out(
+    x: torch.Tensor, coefficients: tuple[float, float, float], steps: int
+) -> torch.Tensor:
+    """The Newton-Schulz iteration of ``x`` ``(b, m, n)`` as written: torch's operations."""
+    a, b, c = coefficients
+    for _ in range(steps):
+        gram = x @ x.mT
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
+        x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
+    return x
 
 
 def _gram_form(
